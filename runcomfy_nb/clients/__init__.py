@@ -1,0 +1,1 @@
+"""One small client per API family; each speaks exactly one protocol."""

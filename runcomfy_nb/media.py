@@ -1,0 +1,135 @@
+"""Output files: what kind they are, where they live, how to fetch and save them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
+ANIMATED_EXT = {".gif", ".webp"}
+VIDEO_EXT = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
+AUDIO_EXT = {".mp3", ".wav", ".flac", ".ogg", ".m4a", ".opus"}
+VIDEO_KEYS = {"gifs", "videos", "video", "animated"}
+
+
+def classify(filename: str, key: str = "") -> str:
+    """'image', 'video', 'audio' or 'other', by extension; an animated image format listed
+    under a video key (ComfyUI's `gifs`) counts as a video."""
+    ext = PurePosixPath(filename.lower()).suffix
+    if ext in VIDEO_EXT or (ext in ANIMATED_EXT and key.lower() in VIDEO_KEYS):
+        return "video"
+    if ext in IMAGE_EXT:
+        return "image"
+    if ext in AUDIO_EXT:
+        return "audio"
+    return "other"
+
+
+def mime_type(filename: str) -> str:
+    ext = PurePosixPath(filename.lower()).suffix.lstrip(".")
+    return {
+        "jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
+        "gif": "image/gif", "mp4": "video/mp4", "webm": "video/webm", "mov": "video/quicktime",
+        "mp3": "audio/mpeg", "wav": "audio/wav", "ogg": "audio/ogg", "flac": "audio/flac",
+    }.get(ext, "application/octet-stream")
+
+
+def safe_filename(name: str, fallback: str = "output") -> str:
+    """A file name that cannot escape its folder or trouble a file system."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    base = re.sub(r"[^A-Za-z0-9._ ()+-]", "_", base).strip(" .")
+    return base[:180] or fallback
+
+
+def filename_from_url(url: str) -> str:
+    return safe_filename(unquote(PurePosixPath(urlsplit(url).path).name))
+
+
+class Fetcher(Protocol):
+    """Reads output files; never sends our credentials to the file's host."""
+
+    async def read(self, media: Media) -> bytes: ...
+
+    async def save(self, media: Media, path: Path) -> Path: ...
+
+
+@dataclass(frozen=True)
+class Media:
+    """One output file of a job."""
+
+    url: str
+    filename: str
+    kind: str
+    node: str | None = None
+    subfolder: str = ""
+    type: str = "output"
+    _fetcher: Fetcher | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_url(cls, url: str, *, key: str = "", node: str | None = None,
+                 fetcher: Fetcher | None = None, **extra: Any) -> Media:
+        filename = safe_filename(extra.get("filename") or filename_from_url(url))
+        return cls(url=url, filename=filename, kind=classify(filename, key), node=node,
+                   subfolder=extra.get("subfolder") or "", type=extra.get("type") or "output",
+                   _fetcher=fetcher)
+
+    @property
+    def mime(self) -> str:
+        return mime_type(self.filename)
+
+    def _require_fetcher(self) -> Fetcher:
+        if self._fetcher is None:
+            raise RuntimeError(f"{self.filename} has no client to download it with")
+        return self._fetcher
+
+    async def read(self) -> bytes:
+        """The file's bytes."""
+        return await self._require_fetcher().read(self)
+
+    async def save(self, directory: str | Path = "outputs", name: str | None = None) -> Path:
+        """Download into `directory` (streamed, written atomically); returns the path."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        return await self._require_fetcher().save(self, folder / safe_filename(name or self.filename))
+
+
+def media_from_outputs(outputs: Any, fetcher: Fetcher | None) -> tuple[list[Media], list[str]]:
+    """Media and text from any result shape: ComfyUI `outputs` per node (items with `url` or the
+    filename triple), or a LoRA/Model API `output` of URL strings, lists or objects of them."""
+    media: list[Media] = []
+    text: list[str] = []
+
+    def walk(value: Any, key: str, node: str | None) -> None:
+        if isinstance(value, str):
+            if value.startswith(("http://", "https://")):
+                media.append(Media.from_url(value, key=key, node=node, fetcher=fetcher))
+            elif key == "text" or value:
+                text.append(value)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, key, node)
+        elif isinstance(value, dict):
+            if isinstance(value.get("url"), str):
+                media.append(Media.from_url(value["url"], key=key, node=node, fetcher=fetcher,
+                                            **{k: value.get(k) for k in ("filename", "subfolder", "type")}))
+                return
+            for sub_key, sub_value in value.items():
+                walk(sub_value, sub_key, node)
+
+    per_node = isinstance(outputs, dict) and bool(outputs) and all(
+        _looks_like_node_id(k) and isinstance(v, dict) for k, v in outputs.items()
+    )
+    if per_node:
+        for node_id, per_kind in outputs.items():
+            for key, items in per_kind.items():
+                walk(items, key, node_id)
+    else:
+        walk(outputs, "", None)
+    return media, text
+
+
+def _looks_like_node_id(key: str) -> bool:
+    return bool(re.fullmatch(r"\d+(:\d+)*", str(key)))

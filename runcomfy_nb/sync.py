@@ -1,0 +1,173 @@
+"""The blocking facade: the same async objects, run on one background event-loop thread.
+
+Why a thread and not nest-asyncio: the kernel's own loop stays free, so widgets keep updating
+while a cell blocks, jobs keep progressing while the kernel is idle, and Ctrl-C in a blocking
+cell reaches us as a KeyboardInterrupt that cancels the waiting (and, for `job.result()`, the
+remote job). `Blocking(obj)` wraps any object of ours: coroutine methods become blocking calls,
+async iterators plain iterators, and results that are themselves async objects are wrapped too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def loop() -> asyncio.AbstractEventLoop:
+    """The shared background loop, started on first use."""
+    global _loop
+    with _lock:
+        if _loop is None or _loop.is_closed():
+            new = asyncio.new_event_loop()
+            threading.Thread(target=new.run_forever, name="runcomfy-loop", daemon=True).start()
+            _loop = new
+        return _loop
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on the background loop and wait; Ctrl-C cancels it and re-raises."""
+    target = loop()
+    if _on_loop_thread(target):
+        coro.close()
+        raise RuntimeError("a blocking runcomfy_nb call was made from inside its own event loop")
+    future = asyncio.run_coroutine_threadsafe(coro, target)
+    return _wait(future)
+
+
+def call(fn: Callable[[], T]) -> T:
+    """Run a plain function on the background loop's thread (where our objects live)."""
+    target = loop()
+    if _on_loop_thread(target):
+        return fn()
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def job() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    target.call_soon_threadsafe(job)
+    return _wait(future)
+
+
+def _on_loop_thread(target: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is target
+    except RuntimeError:
+        return False
+
+
+def _wait(future: concurrent.futures.Future[T]) -> T:
+    try:
+        while True:
+            try:
+                return future.result(timeout=0.2)  # short waits keep Ctrl-C responsive
+            except concurrent.futures.TimeoutError:
+                continue
+    except KeyboardInterrupt:
+        future.cancel()
+        raise
+
+
+def _is_async_object(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bytes, int, float, bool, dict, type)):
+        return False
+    return _has_async_methods(type(value))
+
+
+@functools.cache
+def _has_async_methods(cls: type) -> bool:
+    return any(
+        inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
+        for _, member in inspect.getmembers(cls, inspect.isfunction)
+    )
+
+
+def wrap(value: Any) -> Any:
+    if isinstance(value, list):
+        return [wrap(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(wrap(v) for v in value)
+    return Blocking(value) if _is_async_object(value) else value
+
+
+def _iterate(agen: Any) -> Iterator[Any]:
+    while True:
+        try:
+            yield wrap(run(agen.__anext__()))
+        except StopAsyncIteration:
+            return
+
+
+class Blocking:
+    """A blocking view of one async object; `unwrap(x)` gives the object back."""
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target: Any) -> None:
+        object.__setattr__(self, "_target", target)
+
+    def __getattr__(self, name: str) -> Any:
+        value = call(lambda: getattr(self._target, name))
+        if inspect.iscoroutinefunction(value):
+            @functools.wraps(value)
+            def blocking(*args: Any, **kwargs: Any) -> Any:
+                return wrap(run(value(*args, **kwargs)))
+            return blocking
+        if inspect.isasyncgenfunction(value):
+            @functools.wraps(value)
+            def iterate(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                return _iterate(call(lambda: value(*args, **kwargs)))
+            return iterate
+        return wrap(value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        call(lambda: setattr(self._target, name, value))
+
+    def __dir__(self) -> list[str]:
+        return dir(self._target)
+
+    def __repr__(self) -> str:
+        return repr(self._target)
+
+    def __eq__(self, other: object) -> bool:
+        return unwrap(other) == self._target
+
+    def __hash__(self) -> int:
+        return hash(self._target)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        bundle = getattr(self._target, "_repr_mimebundle_", None)
+        return bundle(include, exclude) if bundle else {"text/plain": repr(self._target)}
+
+    def __enter__(self) -> Blocking:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        close = getattr(self._target, "aclose", None)
+        if close is not None:
+            run(close())
+
+
+def unwrap(value: Any) -> Any:
+    return object.__getattribute__(value, "_target") if isinstance(value, Blocking) else value
+
+
+def blocking_class(async_cls: type, doc: str) -> type:
+    """A class whose instances are `Blocking` views of `async_cls(...)` made on the loop."""
+
+    def __init__(self: Blocking, *args: Any, **kwargs: Any) -> None:
+        Blocking.__init__(self, call(lambda: async_cls(*args, **kwargs)))
+
+    return type(async_cls.__name__.removeprefix("Async"), (Blocking,),
+                {"__init__": __init__, "__doc__": doc, "__slots__": ()})

@@ -1,0 +1,24 @@
+"""Timestamps as the APIs write them: ISO 8601 with or without offset, 0–6 fractional digits."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+_ISO = re.compile(r"(?P<main>[\d-]+[T ][\d:]+)(?:\.(?P<frac>\d+))?(?P<tz>Z|[+-]\d\d:?\d\d)?$")
+
+
+def parse_timestamp(text: object) -> float | None:
+    """Epoch seconds, or None when absent or unreadable; no offset means UTC."""
+    if not isinstance(text, str):
+        return None
+    match = _ISO.match(text.strip())
+    if not match:
+        return None
+    frac = (match["frac"] or "0")[:6].ljust(6, "0")
+    tz = match["tz"] or "+00:00"
+    tz = "+00:00" if tz == "Z" else tz if ":" in tz else f"{tz[:3]}:{tz[3:]}"
+    try:
+        return datetime.fromisoformat(f"{match['main']}.{frac}{tz}").timestamp()
+    except ValueError:
+        return None

@@ -1,0 +1,327 @@
+"""HTTP transport: one `httpx.AsyncClient` per base URL, auth, retries and error mapping.
+
+Retries (stamina) follow one rule: a call is retried only when repeating it cannot cost money.
+Idempotent calls (GET, status polls, DELETE of a machine) retry on connection errors, timeouts,
+5xx and 429. A paid POST retries only when the request provably never reached the server (the
+connection could not be made) or the server refused it with 429 before accepting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import stamina
+
+from . import __version__
+from .config import Secret
+from .errors import (
+    APIError,
+    AuthError,
+    BadRequest,
+    NotFound,
+    PaymentRequired,
+    RateLimited,
+    ServerError,
+    SubmitUncertain,
+    TransportError,
+)
+from .media import Media
+
+USER_AGENT = f"runcomfy_nb/{__version__}"
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+MAX_RETRY_AFTER = 30.0
+
+
+class RateLimiter:
+    """A token bucket shared by every call to one API: `rate` requests per second, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._stamp: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if self._stamp is not None:
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self._tokens < 1:
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+                self._stamp = loop.time()
+                self._tokens = 1.0
+            self._tokens -= 1
+
+
+def _message(body: Any) -> str:
+    if isinstance(body, dict):
+        for key in ("error_message", "message", "error", "detail"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                return value["message"]
+    if isinstance(body, str) and body.strip() and len(body) < 300 and "<" not in body:
+        return body.strip()
+    return ""
+
+
+def _detail(body: Any) -> str:
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(detail, list):
+        return ""
+    parts = []
+    for item in detail:
+        if isinstance(item, dict):
+            loc = ".".join(str(x) for x in item.get("loc", []) if x != "body")
+            parts.append(f"{loc}: {item.get('msg', '')}".strip(": "))
+    return "; ".join(p for p in parts if p)
+
+
+def api_error(status: int, body: Any, headers: Mapping[str, str], service: str) -> APIError:
+    """The exception for an HTTP error status or a body-level `error_code`."""
+    code = body.get("error_code") if isinstance(body, dict) else None
+    kind = status
+    if isinstance(code, int) and status < 400:  # body-level error in a 2xx reply
+        kind = code // 1000 if code >= 100000 else {10001: 402}.get(code, 400)
+    text = _message(body)
+    detail = _detail(body)
+    reason = f"{text} ({detail})" if detail and detail not in text else text
+    kw: dict[str, Any] = {"status": status, "code": code, "detail": body}
+    if kind in (401, 403):
+        what = "rejected the token" if kind == 401 else "refused access"
+        return AuthError(
+            f"{service} {what} ({kind}{'' if not reason else ': ' + reason}). Check RUNCOMFY_TOKEN "
+            "(Token1 or Token2 from your RunComfy profile) and that the resource is yours.", **kw)
+    if kind == 402:
+        return PaymentRequired(
+            f"{service}: insufficient balance ({reason or 'payment required'}). "
+            "Top up your RunComfy balance, then submit again.", **kw)
+    if kind == 429:
+        retry_after = _retry_after(headers)
+        wait = f" (the server asked to wait {retry_after:g} s)" if retry_after else ""
+        return RateLimited(
+            f"{service} is rate limiting these calls{wait}; retries ran out. Wait a little and "
+            "try again, or make fewer calls at once.", retry_after=retry_after, **kw)
+    if kind == 404:
+        return NotFound(f"{service}: {reason or 'not found'}. Check the id.", **kw)
+    if 400 <= kind < 500:
+        return BadRequest(f"{service} rejected the request: {reason or f'HTTP {kind}'}", **kw)
+    if kind >= 500:
+        return ServerError(
+            f"{service} failed ({kind}{'' if not reason else ': ' + reason}); it was retried "
+            "where that was safe. Try again in a minute.", **kw)
+    return APIError(f"{service} answered with an error: {reason or code}", **kw)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _parse(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _retry_hook(idempotent: bool) -> Callable[[Exception], bool | float]:
+    def hook(exc: Exception) -> bool | float:
+        if isinstance(exc, RateLimited):
+            if exc.retry_after is None:
+                return True
+            return exc.retry_after if exc.retry_after <= MAX_RETRY_AFTER else False
+        if isinstance(exc, NEVER_SENT):
+            return True
+        return idempotent and isinstance(exc, (ServerError, httpx.TransportError))
+
+    return hook
+
+
+class Transport:
+    """Calls one API at `base_url`; `auth` maps header names to secrets added to each request."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        service: str,
+        auth: Mapping[str, Secret] | None = None,
+        auth_scheme: str = "",
+        timeout: float = 30.0,
+        limiter: RateLimiter | None = None,
+        attempts: int = 5,
+        retry_timeout: float = 60.0,
+    ) -> None:
+        self.service = service
+        self._auth = dict(auth or {})
+        self._scheme = auth_scheme
+        self._limiter = limiter
+        self._attempts = attempts
+        self._retry_timeout = retry_timeout
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def __repr__(self) -> str:
+        return f"<Transport {self.service}>"
+
+    @property
+    def base_url(self) -> str:
+        return str(self._client.base_url).rstrip("/")
+
+    def _headers(self) -> dict[str, str]:
+        return {name: f"{self._scheme}{secret.get()}" for name, secret in self._auth.items()}
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: Any = None,
+        idempotent: bool | None = None, timeout: float | None = None, **kwargs: Any,
+    ) -> Any:
+        """Send one call and return the parsed body (JSON, text, or None when empty)."""
+        if idempotent is None:
+            idempotent = method.upper() in ("GET", "HEAD", "DELETE", "PUT")
+        response = await self.send(method, path, json=json, params=params, idempotent=idempotent,
+                                   timeout=timeout, **kwargs)
+        return _parse(response)
+
+    async def send(
+        self, method: str, path: str, *, idempotent: bool, timeout: float | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Like `request`, but returns the response (for redirects and raw bytes)."""
+        if timeout is not None:
+            kwargs["timeout"] = httpx.Timeout(timeout, connect=min(10.0, timeout))
+        try:
+            async for attempt in stamina.retry_context(
+                on=_retry_hook(idempotent), attempts=self._attempts, timeout=self._retry_timeout,
+                wait_initial=0.3, wait_max=10.0,
+            ):
+                with attempt:
+                    return await self._once(method, path, **kwargs)
+        except NEVER_SENT as exc:
+            raise TransportError(f"Could not connect to {self.service}: {_reason(exc)}. "
+                                 "Check the network and the base URL.") from None
+        except httpx.TransportError as exc:
+            if idempotent:
+                raise TransportError(f"{self.service} did not answer ({_reason(exc)}); "
+                                     "it was retried and gave up.") from None
+            raise SubmitUncertain(
+                f"{self.service} got the request but no answer came back ({_reason(exc)}). "
+                "It may have been accepted, so it was NOT sent again: check your recent jobs "
+                "before submitting again.") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        headers = {**self._headers(), **kwargs.pop("headers", {})}
+        response = await self._client.request(method, path, headers=headers, **kwargs)
+        if response.status_code >= 400:
+            await response.aread()
+            raise api_error(response.status_code, _parse(response), response.headers, self.service)
+        body = _parse(response) if response.headers.get("content-type", "").startswith(
+            "application/json") else None
+        if isinstance(body, dict) and body.get("error_code") is not None:
+            raise api_error(response.status_code, body, response.headers, self.service)
+        return response
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _reason(exc: Exception) -> str:
+    names = {
+        httpx.ConnectError: "connection refused or host unreachable",
+        httpx.ConnectTimeout: "connection timed out",
+        httpx.ReadTimeout: "read timed out",
+        httpx.WriteTimeout: "write timed out",
+        httpx.PoolTimeout: "too many calls at once",
+        httpx.RemoteProtocolError: "the connection was dropped",
+        httpx.ReadError: "the connection was dropped",
+    }
+    return next((text for cls, text in names.items() if isinstance(exc, cls)), type(exc).__name__)
+
+
+class Storage:
+    """Fetches output files by URL, never with our credentials (they must not leak to storage
+    hosts), following redirects; downloads are checked for truncation and written atomically."""
+
+    def __init__(self, *, timeout: float = 60.0) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def __repr__(self) -> str:
+        return "<Storage>"
+
+    async def _stream_to(self, media: Media, sink: Any) -> int:
+        async for attempt in stamina.retry_context(
+            on=(httpx.TransportError, ServerError), attempts=3, timeout=120.0, wait_initial=0.3,
+        ):
+            with attempt:
+                sink.seek(0)
+                sink.truncate()
+                async with self._client.stream("GET", media.url) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise api_error(response.status_code, _parse(response),
+                                        response.headers, f"Download of {media.filename}")
+                    expected = int(response.headers.get("content-length") or -1)
+                    size = 0
+                    try:
+                        async for chunk in response.aiter_bytes():
+                            sink.write(chunk)
+                            size += len(chunk)
+                    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                        raise httpx.ReadError(f"truncated after {size} bytes") from exc
+                    if expected >= 0 and size != expected:
+                        raise httpx.ReadError(f"truncated: {size} of {expected} bytes")
+                    return size
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def read(self, media: Media) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        try:
+            await self._stream_to(media, buffer)
+        except httpx.TransportError as exc:
+            raise TransportError(f"Download of {media.filename} failed: {exc}. "
+                                 "Nothing was kept; try again.") from None
+        return buffer.getvalue()
+
+    async def save(self, media: Media, path: Path) -> Path:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                await self._stream_to(media, sink)
+            os.replace(tmp, path)
+        except httpx.TransportError as exc:
+            raise TransportError(f"Download of {media.filename} failed: {exc}. "
+                                 "Nothing was written; try again.") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return path
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

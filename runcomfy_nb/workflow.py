@@ -1,0 +1,209 @@
+"""API-format ComfyUI workflows and overrides: load, address nodes, apply and parse overrides."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ValidationError
+
+UI_FORMAT_HELP = (
+    "This is a UI-format workflow (it has 'nodes' and 'links' arrays); the API needs the API "
+    "format. In ComfyUI use Workflow → Export (API) (older versions: enable Dev mode in the "
+    "settings, then 'Save (API Format)') and use that workflow_api.json."
+)
+NODE_ID = re.compile(r"\d+(?::\d+)*")
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
+LINE = re.compile(
+    r"""^\s*(?P<node>"[^"]+"|'[^']+'|[^.=\s][^.=]*?)\s*\.\s*(?P<input>[A-Za-z_][\w\-]*)\s*=\s*(?P<value>.*?)\s*$"""
+)
+
+
+def check_api_format(data: Any, what: str = "workflow") -> dict[str, Any]:
+    """Return `data` if it is an API-format workflow, else raise a ValidationError saying why."""
+    if not isinstance(data, Mapping):
+        raise ValidationError(f"The {what} must be a JSON object of nodes, not {type(data).__name__}.")
+    if isinstance(data.get("nodes"), list) and "links" in data:
+        raise ValidationError(UI_FORMAT_HELP)
+    if not data:
+        raise ValidationError(f"The {what} is empty.")
+    for node_id, node in data.items():
+        if not isinstance(node, Mapping) or "class_type" not in node:
+            raise ValidationError(
+                f"Node {node_id!r} of the {what} has no class_type: is this an API-format workflow?"
+            )
+    return {str(k): v for k, v in data.items()}
+
+
+def normalize_overrides(overrides: Mapping[Any, Any]) -> dict[str, dict[str, Any]]:
+    """`{node_id: {"inputs": {...}}}` with string node ids; `{31: {"seed": 1}}` is fixed up."""
+    if not isinstance(overrides, Mapping):
+        raise ValidationError("overrides must be a mapping of node id to {'inputs': {...}}.")
+    fixed: dict[str, dict[str, Any]] = {}
+    for node_id, patch in overrides.items():
+        key = str(node_id).strip()
+        if not isinstance(patch, Mapping):
+            raise ValidationError(
+                f"Override for node {key!r} must be an object like {{'inputs': {{'seed': 42}}}}, "
+                f"not {type(patch).__name__}."
+            )
+        inputs = patch["inputs"] if set(patch) == {"inputs"} else patch
+        if not isinstance(inputs, Mapping):
+            raise ValidationError(f"'inputs' of node {key!r} must be an object of input values.")
+        fixed.setdefault(key, {"inputs": {}})["inputs"].update(inputs)
+    return fixed
+
+
+class Workflow:
+    """An API-format workflow: `Workflow.load(path)`, nodes by id, title or class, overrides."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = check_api_format(copy.deepcopy(dict(data)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Workflow:
+        try:
+            return cls(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ValidationError(f"No workflow file at {path}.") from None
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"{path} is not valid JSON: {exc}.") from None
+
+    def __repr__(self) -> str:
+        return f"<Workflow {len(self.data)} nodes>"
+
+    def to_api(self) -> dict[str, Any]:
+        return copy.deepcopy(self.data)
+
+    def title(self, node_id: str) -> str:
+        node = self.data.get(node_id, {})
+        return node.get("_meta", {}).get("title") or node.get("class_type", node_id)
+
+    def find(self, ref: str | int) -> str:
+        """The node id for an id, a `_meta.title` or a class_type used by exactly one node."""
+        ref = str(ref).strip()
+        if ref in self.data:
+            return ref
+        by_title = [i for i, n in self.data.items() if n.get("_meta", {}).get("title") == ref]
+        by_class = [i for i, n in self.data.items() if n.get("class_type") == ref]
+        for found in (by_title, by_class):
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise ValidationError(
+                    f"{ref!r} names {len(found)} nodes ({', '.join(found)}): use a node id."
+                )
+        names = [*self.data, *(self.title(i) for i in self.data)]
+        hint = difflib.get_close_matches(ref, names, n=1)
+        raise ValidationError(
+            f"No node {ref!r} in the workflow." + (f" Did you mean {hint[0]!r}?" if hint else "")
+        )
+
+    def override(self, overrides: Mapping[Any, Any] | None = None, **by_name: Any) -> Workflow:
+        """A copy with inputs replaced: `override({"31": {"seed": 1}})`, `override(KSampler={"seed": 1})`."""
+        patch = dict(overrides or {})
+        patch.update(by_name)
+        data = self.to_api()
+        for ref, inputs in normalize_overrides(patch).items():
+            node_id = self.find(ref)
+            known = data[node_id].setdefault("inputs", {})
+            for name, value in inputs["inputs"].items():
+                if name not in known:
+                    hint = difflib.get_close_matches(name, list(known), n=1)
+                    raise ValidationError(
+                        f"Node {node_id} ({self.title(node_id)}) has no input {name!r}."
+                        + (f" Did you mean {hint[0]!r}?" if hint else "")
+                    )
+                known[name] = value
+        return Workflow(data)
+
+
+# --- cell bodies ----------------------------------------------------------------------------------
+
+
+def substitute(value: Any, namespace: Mapping[str, Any]) -> Any:
+    """Replace `{{name}}` from `namespace` in every string of a JSON value; a string that is only
+    a placeholder takes the variable's own value (so `{{seed}}` stays a number)."""
+    if isinstance(value, str):
+        whole = PLACEHOLDER.fullmatch(value.strip())
+        if whole:
+            return _lookup(whole.group(1), namespace)
+        return PLACEHOLDER.sub(lambda m: str(_lookup(m.group(1), namespace)), value)
+    if isinstance(value, list):
+        return [substitute(v, namespace) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, namespace) for k, v in value.items()}
+    return value
+
+
+def _lookup(name: str, namespace: Mapping[str, Any]) -> Any:
+    if name not in namespace:
+        raise ValidationError(f"{{{{{name}}}}} is not defined: set {name} = ... in a cell first.")
+    return namespace[name]
+
+
+def _parse_value(text: str, lineno: int) -> Any:
+    if PLACEHOLDER.fullmatch(text):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValidationError(
+            f"Line {lineno}: value {text!r} is not JSON; quote text like \"a red fox\"."
+        ) from None
+
+
+def parse_override_lines(
+    text: str, namespace: Mapping[str, Any] | None = None, workflow: Workflow | None = None
+) -> dict[str, dict[str, Any]]:
+    """Parse one override per line, `NODE.input = value` (`31.seed = 42`,
+    `"Positive Prompt".text = "a {{style}} city"`); `#` starts a comment line."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = LINE.match(line)
+        if not match:
+            raise ValidationError(
+                f"Line {lineno}: {line!r} is not an override; write NODE.input = value, "
+                'e.g. 31.seed = 42 or 6.text = "a city".'
+            )
+        node = match["node"].strip().strip("\"'")
+        if not NODE_ID.fullmatch(node):
+            if workflow is None:
+                raise ValidationError(
+                    f"Line {lineno}: {node!r} is not a node id; without the workflow at hand, "
+                    "address nodes by id (e.g. 31.seed = 42)."
+                )
+            node = workflow.find(node)
+        value = substitute(_parse_value(match["value"], lineno), namespace or {})
+        overrides.setdefault(node, {"inputs": {}})["inputs"][match["input"]] = value
+    return overrides
+
+
+def parse_cell(
+    text: str, namespace: Mapping[str, Any] | None = None, workflow: Workflow | None = None
+) -> tuple[str, Any]:
+    """Read a cell body: ('json', object) when it is JSON, else ('overrides', {...}) from lines."""
+    stripped = text.strip()
+    if stripped.startswith(("{", "[")):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(
+                f"The cell looks like JSON but does not parse: {exc.msg} at line {exc.lineno}, "
+                f"column {exc.colno}."
+            ) from None
+        return "json", substitute(data, namespace or {})
+    return "overrides", parse_override_lines(text, namespace, workflow)
