@@ -1,0 +1,84 @@
+"""Synthetic media: images and a short animation that depend only on their inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+
+from PIL import Image, ImageDraw, ImageFont
+
+
+def _rng(*parts: object) -> random.Random:
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _palette(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    def color() -> tuple[int, int, int]:
+        return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+    return color(), color()
+
+
+def _background(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    low, high = _palette(rng)
+    ramp = Image.linear_gradient("L").rotate(rng.choice((0, 90, 180, 270))).resize(size)
+    return Image.merge("RGB", [ramp.point(lambda v, a=a, b=b: a + (b - a) * v // 255)
+                               for a, b in zip(low, high, strict=False)])
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if len(line) + len(word) + 1 > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return [*lines, line][:4]
+
+
+def image(seed: int, prompt: str, width: int = 512, height: int = 512, index: int = 0) -> bytes:
+    """A PNG made only from its arguments: same inputs, same bytes."""
+    width, height = max(64, min(int(width), 1024)), max(64, min(int(height), 1024))
+    rng = _rng(seed, prompt, width, height, index)
+    picture = _background((width, height), rng)
+    draw = ImageDraw.Draw(picture, "RGBA")
+    for _ in range(rng.randint(6, 14)):
+        x, y = rng.randrange(width), rng.randrange(height)
+        r = rng.randint(min(width, height) // 20, min(width, height) // 4)
+        fill = (*_palette(rng)[0], rng.randint(90, 200))
+        if rng.random() < 0.5:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+        else:
+            draw.polygon([(x + rng.randint(-r, r), y + rng.randint(-r, r)) for _ in range(3)], fill=fill)
+    font = ImageFont.load_default()
+    caption = [*_wrap(prompt or "(empty prompt)", max(12, width // 9)), f"seed {seed} · #{index + 1}"]
+    box_h = 14 * len(caption) + 12
+    draw.rectangle((0, height - box_h, width, height), fill=(0, 0, 0, 150))
+    for n, line in enumerate(caption):
+        draw.text((8, height - box_h + 6 + 14 * n), line, fill=(255, 255, 255), font=font)
+    out = io.BytesIO()
+    picture.save(out, "PNG", optimize=False)
+    return out.getvalue()
+
+
+def animation(seed: int, prompt: str, frames: int = 24, size: int = 256) -> bytes:
+    """A short animated WebP (a ball crossing a gradient), made only from its arguments."""
+    rng = _rng("video", seed, prompt)
+    background = _background((size, size), rng)
+    color = _palette(rng)[1]
+    images = []
+    for n in range(frames):
+        frame = background.copy()
+        draw = ImageDraw.Draw(frame)
+        x = int((size - 40) * n / max(1, frames - 1)) + 20
+        y = size // 2 + int((size // 4) * ((n % 12) - 6) / 6)
+        draw.ellipse((x - 18, y - 18, x + 18, y + 18), fill=color, outline=(255, 255, 255))
+        draw.text((6, 6), f"seed {seed} frame {n + 1}/{frames}", fill=(255, 255, 255))
+        images.append(frame)
+    out = io.BytesIO()
+    images[0].save(out, "WEBP", save_all=True, append_images=images[1:], duration=80, loop=0,
+                   quality=70, method=0)
+    return out.getvalue()
