@@ -1,5 +1,6 @@
 # The two set-up commands of the README: `make demo` and `make test`.
 # Each creates .venv, installs what it needs (Debian's chromium for the browser tests), then runs.
+# The demo HTML keeps no widget state, so it shows the widgets' static fallbacks (thumbnails inline).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,7 +23,8 @@ chromium:
 demo: $(READY)
 	mkdir -p build
 	$(BIN)/jupyter nbconvert --to html --execute notebooks/01_quickstart.ipynb \
-	  --output-dir build --ExecutePreprocessor.timeout=300
+	  --output-dir build --ExecutePreprocessor.timeout=300 \
+	  --ExecutePreprocessor.store_widget_state=False
 	@echo "Demo written to build/01_quickstart.html"
 
 lint: $(READY)

@@ -69,11 +69,10 @@ def _on_loop_thread(target: asyncio.AbstractEventLoop) -> bool:
 
 def _wait(future: concurrent.futures.Future[T]) -> T:
     try:
-        while True:
-            try:
-                return future.result(timeout=0.2)  # short waits keep Ctrl-C responsive
-            except concurrent.futures.TimeoutError:
-                continue
+        while not future.done():  # short waits keep Ctrl-C responsive
+            concurrent.futures.wait([future], timeout=0.2)
+        # not future.result(timeout=...): our JobTimeout is a TimeoutError too
+        return future.result()
     except KeyboardInterrupt:
         future.cancel()
         raise

@@ -1,0 +1,74 @@
+"""`%runcomfy config` and `%runcomfy emulate`."""
+
+from __future__ import annotations
+
+import html
+import os
+from typing import Any
+
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import HTML, display
+
+from .registry import subcommand
+from .session import SESSION
+
+
+def show_table(rows: list[tuple[str, str]], header: tuple[str, str]) -> None:
+    """A two-column table: HTML in notebooks, aligned text in terminals."""
+    width = max(len(k) for k, _ in [header, *rows])
+    text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in [header, *rows])
+    cells = "".join(
+        f"<tr><td><code>{html.escape(k)}</code></td><td>{html.escape(v)}</td></tr>" for k, v in rows
+    )
+    table = HTML(
+        f"<table><thead><tr><th>{html.escape(header[0])}</th><th>{html.escape(header[1])}</th>"
+        f"</tr></thead><tbody>{cells}</tbody></table>"
+    )
+    display({"text/plain": text, "text/html": table.data}, raw=True)
+
+
+@subcommand("config", "config", "Show the current settings, secrets masked.")
+def config(magics: Any, line: str, cell: str | None) -> None:
+    rows = list(SESSION.config.masked().items())
+    rows.append(("emulator", "running (local)" if SESSION.emulator else "off"))
+    show_table(rows, ("setting", "value"))
+
+
+@magic_arguments()
+@argument("--speed", type=float, default=1.0,
+          help="virtual seconds per real second (1 = realistic run times)")
+@argument("--stop", action="store_true", help="stop the emulator and restore the settings")
+def _emulate_args(line: str) -> None: ...
+
+
+@subcommand("emulate", "emulate [--speed X] [--stop]",
+            "Start the local emulator of the RunComfy APIs and point runcomfy_nb at it.")
+def emulate(magics: Any, line: str, cell: str | None) -> None:
+    args = parse_argstring(_emulate_args, line)
+    if args.stop:
+        if SESSION.emulator is None:
+            print("The emulator is not running.")
+            return
+        SESSION.emulator.stop()
+        SESSION.emulator = None
+        SESSION.restore_env()
+        SESSION.use(SESSION.config.from_env())
+        print("Emulator stopped; runcomfy_nb talks to the RunComfy cloud again.")
+        return
+    if args.speed <= 0:
+        raise ValueError("--speed must be a positive number.")
+    from ..emulator import Emulator
+
+    if SESSION.emulator is not None:
+        SESSION.emulator.stop()
+    emulator = Emulator(speed=args.speed, token=os.environ.get("RUNCOMFY_EMULATOR_TOKEN"))
+    url = emulator.start()
+    SESSION.emulator = emulator
+    SESSION.point_env_at({
+        "RUNCOMFY_TOKEN": emulator.token, "RUNCOMFY_BASE_URL": url,
+        "RUNCOMFY_MODEL_API_URL": url, "COMFY_CLOUD_URL": f"{url}/cloud",
+    })
+    SESSION.use(SESSION.config.from_env())
+    ids = ", ".join(emulator.deployment_ids())
+    print(f"EMULATOR ON: runcomfy_nb now talks to a local emulator at {url} (speed ×{args.speed:g}),"
+          f" not the RunComfy cloud. Deployments: {ids}. `%runcomfy emulate --stop` to switch back.")

@@ -1,0 +1,94 @@
+"""`%%runcomfy run DEPLOYMENT_ID`: submit the cell to a serverless deployment and follow it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from .. import sync
+from ..errors import ValidationError
+from ..workflow import parse_cell
+from .registry import subcommand
+from .session import SESSION
+
+COMFY_KEYS = {"overrides", "workflow_api_json", "extra_data"}
+
+
+@magic_arguments()
+@argument("deployment", help="the deployment id")
+@argument("--out", help="store the result (or the job, with --no-wait) under this name")
+@argument("--timeout", type=float, help="seconds to wait before cancelling the job")
+@argument("--no-wait", action="store_true", help="return the job at once; it runs on")
+def _run_args(line: str) -> None: ...
+
+
+def submit_arguments(kind: str, data: Any) -> dict[str, Any]:
+    """Keyword arguments of `Deployments.submit` for a parsed cell body."""
+    if kind == "overrides":
+        return {"overrides": data}
+    if not isinstance(data, dict):
+        raise ValidationError("The cell's JSON must be an object: the body the API takes.")
+    if COMFY_KEYS & data.keys():
+        unknown = sorted(data.keys() - COMFY_KEYS)
+        if unknown:
+            raise ValidationError(
+                f"Unknown top-level field(s) {', '.join(unknown)}: a ComfyUI deployment takes "
+                "overrides, workflow_api_json and extra_data."
+            )
+        return {"overrides": data.get("overrides"), "workflow": data.get("workflow_api_json"),
+                "extra_data": data.get("extra_data")}
+    return {"inputs": data}  # a LoRA deployment's own schema
+
+
+def show_progress(job: Any) -> Callable[[], None]:
+    """Display a JobProgress for `job`; returns a function that re-displays its final state."""
+    from ..widgets import JobProgress
+
+    raw = sync.unwrap(job)
+    widget = sync.call(lambda: JobProgress(raw))
+    handle = display(widget, display_id=True)
+    return lambda: handle.update(widget)
+
+
+def follow(magics: Any, job: Any, *, timeout: float | None, out: str | None) -> Any:
+    """Show live progress, wait for the result (Ctrl-C cancels unless auto_cancel is off),
+    store it under `out` and return it."""
+    raw = sync.unwrap(job)
+    refresh = show_progress(job)
+    try:
+        result = job.result(timeout=timeout or magics.timeout,
+                            cancel_on_interrupt=magics.auto_cancel)
+    except KeyboardInterrupt:
+        if magics.auto_cancel:
+            status = sync.run(raw.wait(30))
+            print(f"Interrupted: job {raw.id} is {status.value}.")
+        else:
+            print(f"Interrupted: job {raw.id} runs on (auto_cancel is off); "
+                  "its progress above keeps updating.")
+        return None
+    finally:
+        refresh()  # the saved notebook keeps the final state, not "queued"
+    if out:
+        magics.shell.user_ns[out] = result
+    return result
+
+
+@subcommand("run", "run DEPLOYMENT_ID [--out NAME] [--timeout S] [--no-wait]",
+            "Submit the cell (JSON body or `node.input = value` lines) to a serverless "
+            "deployment; show progress and outputs.", cell=True)
+def run(magics: Any, line: str, cell: str | None) -> Any:
+    args = parse_argstring(_run_args, line)
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds.")
+    kind, data = parse_cell(cell or "", magics.shell.user_ns)
+    job = SESSION.client.deployments.submit(args.deployment, **submit_arguments(kind, data))
+    if args.no_wait:
+        show_progress(job)
+        if args.out:
+            magics.shell.user_ns[args.out] = job
+        return job
+    return follow(magics, job, timeout=args.timeout, out=args.out)

@@ -1,0 +1,105 @@
+"""The %runcomfy magics in a real IPython shell, against an emulator the magic starts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from runcomfy_nb import sync
+from runcomfy_nb.magics.session import SESSION
+
+EMU_TOKEN = "rc_emulator_SENTINEL_token_77aa"
+REAL_TOKEN = "rc_real_SENTINEL_token_88bb"
+
+
+@pytest.fixture(scope="module")
+def ip() -> Iterator[InteractiveShell]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RUNCOMFY_EMULATOR_TOKEN", EMU_TOKEN)
+    mp.setenv("RUNCOMFY_TOKEN", REAL_TOKEN)
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "runcomfy_nb")
+    shell.run_line_magic("runcomfy", "emulate --speed 25")
+    yield shell
+    shell.run_line_magic("runcomfy", "emulate --stop")
+    mp.undo()
+
+
+def run(ip: InteractiveShell, cell: str, capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
+    result = ip.run_cell(cell)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert EMU_TOKEN not in text and REAL_TOKEN not in text
+    return result, text
+
+
+def test_help_lists_every_subcommand(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    for line in ("%runcomfy", "%runcomfy --help"):
+        _, text = run(ip, line, capsys)
+        for name in ("emulate", "config", "run"):
+            assert f"runcomfy {name}" in text
+
+
+def test_config_masks_secrets(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    _, text = run(ip, "%runcomfy config", capsys)
+    assert "[secure]" in text and "127.0.0.1" in text
+
+
+def test_run_overrides_stores_and_returns(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.user_ns.update(style="neon", seed=42)
+    result, text = run(ip, '%%runcomfy run dep-flux-kontext --out city\n31.seed = {{seed}}\n'
+                           '6.text = "a {{style}} city"\n', capsys)
+    assert result.success, text
+    city = ip.user_ns["city"]
+    assert result.result is city and len(city.images) == 2
+    assert "JobProgress" in text or "succeeded" in text
+
+
+def test_no_wait_returns_job(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    result, _ = run(ip, "%%runcomfy run dep-flux-kontext --no-wait --out pending\n31.seed = 3\n", capsys)
+    job = ip.user_ns["pending"]
+    assert result.result is job
+    assert sync.run(sync.unwrap(job).wait(30)).value == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("%%runcomfy run dep-flux-kontext\n31 seed 42\n", "not an override"),
+        ('%%runcomfy run dep-flux-kontext\n6.text = "{{undefined_name}}"\n', "is not defined"),
+        ("%%runcomfy run dep-flux-kontext\n31.sede = 1\n", "sede"),
+        ("%%runcomfy run dep-missing\n31.seed = 1\n", "not found"),
+        ('%%runcomfy run dep-flux-kontext\n{"workflow_api_json": {"nodes": [], "links": []}}\n',
+         "API format"),
+        ("%%runcomfy run dep-flux-kontext --timeout 0.05\n31.seed = 1\n", "did not finish"),
+        ("%%runcomfy run\n31.seed = 1\n", "deployment"),
+        ("%runcomfy run dep-flux-kontext", "cell magic"),
+        ("%runcomfy bogus", "Unknown subcommand"),
+    ],
+)
+def test_bad_input_is_one_line(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], cell: str,
+                               message: str) -> None:
+    result, text = run(ip, cell, capsys)
+    assert not result.success
+    assert message in text
+    assert "Traceback" not in text
+    assert "UsageError" in text
+
+
+def test_failed_job_shows_server_text(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    SESSION.emulator.set_fault("dep-flux-kontext", "job_fails", message="CUDA out of memory (test)")
+    result, text = run(ip, "%%runcomfy run dep-flux-kontext\n31.seed = 1\n", capsys)
+    assert not result.success and "CUDA out of memory (test)" in text and "Traceback" not in text
+
+
+def test_missing_token_is_one_line(ip: InteractiveShell, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = SESSION.config
+    SESSION.use(saved.with_(token=None))
+    try:
+        result, text = run(ip, "%%runcomfy run dep-flux-kontext\n31.seed = 1\n", capsys)
+    finally:
+        SESSION.use(saved)
+    assert not result.success and "RUNCOMFY_TOKEN" in text and "Traceback" not in text

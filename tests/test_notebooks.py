@@ -1,0 +1,42 @@
+"""The tutorials, executed in a real kernel: no secret may reach a saved notebook.
+
+(nbval runs the same notebooks with their assertion cells; see pyproject's testpaths.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+EMU_TOKEN = "rc_nb_emulator_SENTINEL_1f3c"
+REAL_TOKEN = "rc_nb_user_SENTINEL_9d2e"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_tutorial_runs_and_leaks_no_secret(path: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNCOMFY_EMULATOR_TOKEN", EMU_TOKEN)
+    monkeypatch.setenv("RUNCOMFY_TOKEN", REAL_TOKEN)
+    monkeypatch.setenv("COMFY_CLOUD_API_KEY", REAL_TOKEN + "_cloud")
+    work = tmp_path / path.name
+    shutil.copy(path, work)
+    notebook = nbformat.read(work, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    saved = json.dumps(notebook)
+    assert EMU_TOKEN not in saved and REAL_TOKEN not in saved
+    for cell in (c for c in notebook.cells if c.cell_type == "code"):
+        assert not [o for o in cell.outputs if o.output_type == "error"], cell.source
+        if "raises-exception" in cell.metadata.get("tags", []):
+            text = "".join(o.get("text", "") for o in cell.outputs)
+            assert "UsageError" in text and "Traceback" not in text, text
+    images = saved.count("data:image/")
+    assert images >= 3, "the static fallbacks should embed thumbnails"
+    assert os.path.getsize(work) < 5_000_000

@@ -1,0 +1,88 @@
+"""The blocking facade: the reasons we chose a loop thread over nest-asyncio, as tests."""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import threading
+import time
+
+import pytest
+
+import runcomfy_nb as rc
+from runcomfy_nb import sync
+from runcomfy_nb.emulator import Emulator
+from runcomfy_nb.jobs import Status
+
+from .conftest import TOKEN
+
+FLUX = "dep-flux-kontext"
+
+
+def wait_until(predicate, seconds: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_blocking_client_mirrors_async(fresh: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with rc.RunComfy(token=TOKEN, base_url=fresh.url) as client:
+        job = client.deployments.submit(FLUX, {"31": {"inputs": {"seed": 5}}})
+        events = [type(e).__name__ for e in job.events()]
+        result = job.result(timeout=30)
+        assert events[-1] == "Finished" and result.images
+        paths = result.save(tmp_path)
+        assert all(p.exists() for p in paths)
+
+
+def test_jobs_progress_while_caller_is_idle(fresh: Emulator) -> None:
+    client = rc.RunComfy(token=TOKEN, base_url=fresh.url)
+    job = client.deployments.submit(FLUX, {})
+    # nobody waits on the job: the background loop follows it anyway
+    assert wait_until(lambda: job.status is Status.SUCCEEDED)
+
+
+def test_live_updates_during_a_blocking_call(fresh: Emulator) -> None:
+    from runcomfy_nb.widgets import JobProgress
+
+    fresh.set_fault(FLUX, "slow_queue", seconds=5)
+    client = rc.RunComfy(token=TOKEN, base_url=fresh.url)
+    job = client.deployments.submit(FLUX, {})
+    widget = sync.call(lambda: JobProgress(sync.unwrap(job)))
+    seen: list[str] = []
+    widget.observe(lambda change: seen.append(change["new"]), names="status")
+    job.result(timeout=30)  # the calling thread blocks here
+    assert "running" in seen and seen[-1] == "succeeded"
+
+
+def test_ctrl_c_in_a_blocking_wait_cancels_the_remote_job(fresh: Emulator) -> None:
+    fresh.set_fault(FLUX, "slow_queue", seconds=200)
+    client = rc.RunComfy(token=TOKEN, base_url=fresh.url)
+    job = client.deployments.submit(FLUX, {})
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        job.result(timeout=60)
+    assert wait_until(lambda: job.status is Status.CANCELLED)
+    remote = next(r for r in fresh.requests_for(FLUX) if r.id == job.id)
+    assert remote.status in ("cancelled", "canceled")
+
+
+def test_ctrl_c_can_detach_instead(fresh: Emulator) -> None:
+    fresh.set_fault(FLUX, "slow_queue", seconds=2)
+    client = rc.RunComfy(token=TOKEN, base_url=fresh.url)
+    job = client.deployments.submit(FLUX, {})
+    threading.Timer(0.2, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        job.result(timeout=60, cancel_on_interrupt=False)
+    assert wait_until(lambda: job.status is Status.SUCCEEDED)
+
+
+def test_blocking_call_from_inside_the_loop_is_refused() -> None:
+    async def inner() -> None:
+        sync.run(asyncio.sleep(0))
+
+    with pytest.raises(RuntimeError, match="inside its own event loop"):
+        sync.run(inner())
