@@ -103,3 +103,23 @@ def test_missing_token_is_one_line(ip: InteractiveShell, capsys: pytest.CaptureF
     finally:
         SESSION.use(saved)
     assert not result.success and "RUNCOMFY_TOKEN" in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize(("auto_cancel", "expected"), [(True, "cancelled"), (False, "runs on")])
+def test_ctrl_c_in_a_waiting_cell(ip: InteractiveShell, capsys: pytest.CaptureFixture[str],
+                                  auto_cancel: bool, expected: str) -> None:
+    import _thread
+    import threading
+
+    run(ip, f"%config RunComfyMagics.auto_cancel = {auto_cancel}", capsys)
+    SESSION.emulator.set_fault("dep-flux-kontext", "slow_queue", seconds=100)
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    try:
+        _, text = run(ip, "%%runcomfy run dep-flux-kontext --out interrupted\n31.seed = 9\n", capsys)
+    finally:
+        run(ip, "%config RunComfyMagics.auto_cancel = True", capsys)
+    assert "Interrupted: job" in text and expected in text and "Traceback" not in text
+    remote = SESSION.emulator.requests_for("dep-flux-kontext")[-1]
+    assert (remote.status == "cancelled") is auto_cancel
+    if not auto_cancel:
+        SESSION.client.deployments.cancel("dep-flux-kontext", remote.id)

@@ -1,0 +1,260 @@
+// Gallery: a grid of output tiles; click an image for a lightbox with the full file.
+// The full file comes from item.url when Python vouched that the browser may load it, else
+// (or when that fails) through the kernel: send {type: "fetch", index}, receive
+// {type: "file", index, mime} with the bytes as a buffer. If both fail, the thumbnail stays.
+
+const FETCH_TIMEOUT_MS = 120000;
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function probe(src) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(src);
+    img.onerror = () => reject(new Error("could not load the image"));
+    img.src = src;
+  });
+}
+
+function render({ model, el }) {
+  const root = element("div", "rcnb-gallery");
+  const loading = element("div", "rcnb-loading", "loading previews…");
+  const grid = element("div", "rcnb-grid");
+  const texts = element("ul", "rcnb-texts");
+  root.append(loading, grid, texts);
+  el.append(root);
+
+  const blobs = new Map(); // index -> object URL of a file fetched through the kernel
+  const pending = new Map(); // index -> {promise, resolve, reject, timer}
+  let lightbox = null; // {overlay, index}
+
+  function onMessage(msg, buffers) {
+    if (!msg || msg.type !== "file") return;
+    const waiter = pending.get(msg.index);
+    if (!waiter) return;
+    pending.delete(msg.index);
+    clearTimeout(waiter.timer);
+    if (msg.error || !buffers || !buffers.length) {
+      waiter.reject(new Error(msg.error || "no data"));
+      return;
+    }
+    const url = URL.createObjectURL(new Blob([buffers[0]], { type: msg.mime || "application/octet-stream" }));
+    blobs.set(msg.index, url);
+    waiter.resolve(url);
+  }
+
+  function viaKernel(index) {
+    if (blobs.has(index)) return Promise.resolve(blobs.get(index));
+    if (pending.has(index)) return pending.get(index).promise;
+    const waiter = {};
+    waiter.promise = new Promise((resolve, reject) => {
+      waiter.resolve = resolve;
+      waiter.reject = reject;
+    });
+    waiter.timer = setTimeout(() => {
+      pending.delete(index);
+      waiter.reject(new Error("the kernel did not answer"));
+    }, FETCH_TIMEOUT_MS);
+    pending.set(index, waiter);
+    model.send({ type: "fetch", index });
+    return waiter.promise;
+  }
+
+  async function fullImage(item, index) {
+    if (item.url) {
+      try {
+        return { src: await probe(item.url), source: "url" };
+      } catch {
+        // unreachable from this browser: ask the kernel
+      }
+    }
+    return { src: await probe(await viaKernel(index)), source: "kernel" };
+  }
+
+  function items() {
+    return model.get("items") || [];
+  }
+
+  function viewable(index) {
+    const item = items()[index];
+    return Boolean(item) && (item.kind === "image" || Boolean(item.thumb));
+  }
+
+  function closeLightbox() {
+    if (!lightbox) return;
+    lightbox.overlay.remove();
+    lightbox = null;
+  }
+
+  function openLightbox(index) {
+    closeLightbox();
+    const item = items()[index];
+    if (!item) return;
+    const overlay = element("div", "rcnb-lightbox");
+    overlay.setAttribute("role", "dialog");
+    overlay.setAttribute("aria-label", item.filename);
+    overlay.dataset.index = String(index);
+    overlay.dataset.source = "thumb";
+    const img = element("img", "rcnb-lightbox-img");
+    img.alt = item.filename;
+    if (item.thumb) img.src = item.thumb;
+    const caption = element("div", "rcnb-lightbox-caption", item.label ? `${item.filename} · ${item.label}` : item.filename);
+    const note = element("div", "rcnb-lightbox-note");
+    overlay.append(img, caption, note);
+    overlay.addEventListener("click", closeLightbox);
+    document.body.append(overlay);
+    const current = { overlay, index };
+    lightbox = current;
+    overlay.dataset.state = "loading";
+    fullImage(item, index).then(
+      ({ src, source }) => {
+        if (lightbox !== current) return;
+        img.src = src;
+        overlay.dataset.source = source;
+        overlay.dataset.state = "full";
+      },
+      (err) => {
+        if (lightbox !== current) return;
+        overlay.dataset.state = "thumb";
+        note.textContent = `showing the preview: ${err.message}`;
+      },
+    );
+  }
+
+  function step(delta) {
+    if (!lightbox) return;
+    const n = items().length;
+    for (let i = 1; i <= n; i++) {
+      const next = (lightbox.index + delta * i + n * n) % n;
+      if (viewable(next)) {
+        openLightbox(next);
+        return;
+      }
+    }
+  }
+
+  function onKey(event) {
+    if (!lightbox) return;
+    if (event.key === "Escape") closeLightbox();
+    else if (event.key === "ArrowRight") step(1);
+    else if (event.key === "ArrowLeft") step(-1);
+    else return;
+    event.preventDefault();
+  }
+
+  function playable(item, index) {
+    // a <video>/<audio> element; without a URL the browser may load, a button that fetches the
+    // file through the kernel first
+    const tag = item.kind === "video" ? "video" : "audio";
+    const box = element("div", `rcnb-${tag}-box`);
+    const player = element(tag, `rcnb-${tag}`);
+    player.controls = true;
+    player.preload = "metadata";
+    const fromKernel = (autoplay) => {
+      box.dataset.state = "loading";
+      viaKernel(index).then(
+        (url) => {
+          player.src = url;
+          box.replaceChildren(player);
+          box.dataset.state = "ready";
+          if (autoplay) player.play().catch(() => {});
+        },
+        (err) => {
+          box.dataset.state = "error";
+          box.replaceChildren(element("div", "rcnb-placeholder", `could not load: ${err.message}`));
+        },
+      );
+    };
+    if (item.url) {
+      player.src = item.url;
+      let retried = false;
+      player.addEventListener("error", () => {
+        if (!retried) {
+          retried = true;
+          fromKernel(false);
+        }
+      });
+      box.append(player);
+    } else {
+      const button = element("button", "rcnb-placeholder rcnb-play", `${tag === "video" ? "▶" : "♪"} play`);
+      button.type = "button";
+      button.addEventListener("click", () => fromKernel(true), { once: true });
+      box.append(button);
+    }
+    return box;
+  }
+
+  function tile(item, index) {
+    const figure = element("figure", "rcnb-tile");
+    figure.dataset.kind = item.kind;
+    figure.dataset.index = String(index);
+    let visual;
+    if (item.thumb) {
+      visual = element("button", "rcnb-thumb");
+      visual.type = "button";
+      visual.title = `${item.filename} — click to enlarge`;
+      const img = element("img");
+      img.src = item.thumb;
+      img.alt = item.filename;
+      img.loading = "lazy";
+      visual.append(img);
+      if (item.kind === "video") visual.append(element("span", "rcnb-badge", "▶"));
+      visual.addEventListener("click", () => openLightbox(index));
+    } else if (item.kind === "video" || item.kind === "audio") {
+      visual = playable(item, index);
+    } else if (item.kind === "image") {
+      visual = element("button", "rcnb-placeholder", "image");
+      visual.type = "button";
+      visual.addEventListener("click", () => openLightbox(index));
+    } else {
+      visual = element("div", "rcnb-placeholder", "file");
+    }
+    const caption = element("figcaption");
+    caption.append(element("div", "rcnb-name", item.filename));
+    if (item.label) caption.append(element("div", "rcnb-label", item.label));
+    if (item.error) caption.append(element("div", "rcnb-error", item.error));
+    figure.append(visual, caption);
+    return figure;
+  }
+
+  function update() {
+    grid.replaceChildren(...items().map(tile));
+    grid.hidden = items().length === 0;
+    const lines = model.get("texts") || [];
+    texts.replaceChildren(
+      ...lines.map((line) => {
+        const li = element("li");
+        li.append(element("q", "", line));
+        return li;
+      }),
+    );
+    texts.hidden = lines.length === 0;
+    loading.hidden = !model.get("loading");
+  }
+
+  model.on("msg:custom", onMessage);
+  model.on("change:items", update);
+  model.on("change:texts", update);
+  model.on("change:loading", update);
+  document.addEventListener("keydown", onKey);
+  update();
+
+  return () => {
+    closeLightbox();
+    document.removeEventListener("keydown", onKey);
+    model.off("msg:custom", onMessage);
+    model.off("change:items", update);
+    model.off("change:texts", update);
+    model.off("change:loading", update);
+    for (const waiter of pending.values()) clearTimeout(waiter.timer);
+    for (const url of blobs.values()) URL.revokeObjectURL(url);
+    root.remove();
+  };
+}
+
+export default { render };

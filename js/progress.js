@@ -1,0 +1,170 @@
+// JobProgress: one job's live state. Python batches trait changes (≤ ~10 syncs/s); the elapsed
+// time ticks here, from submitted_at / finished_at, so Python sends nothing per second.
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const TRAITS = [
+  "kind", "job_id", "label", "status", "position", "step", "steps", "node", "node_title",
+  "nodes_done", "nodes_total", "preview", "error", "outputs", "submitted_at", "started_at",
+  "finished_at", "cancelling", "notice",
+];
+
+export function formatDuration(seconds) {
+  const s = Math.max(0, seconds || 0);
+  if (s < 60) return `${s.toFixed(1)} s`;
+  const whole = Math.floor(s);
+  if (whole < 3600) return `${Math.floor(whole / 60)} min ${String(whole % 60).padStart(2, "0")} s`;
+  return `${Math.floor(whole / 3600)} h ${String(Math.floor((whole % 3600) / 60)).padStart(2, "0")} min`;
+}
+
+function num(x) {
+  return Number.isInteger(x) ? String(x) : x.toFixed(1);
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function render({ model, el }) {
+  const root = element("div", "rcnb-progress");
+  const header = element("div", "rcnb-header");
+  const title = element("span", "rcnb-title");
+  const kind = element("span", "rcnb-kind");
+  const badge = element("span", "rcnb-badge");
+  const elapsed = element("span", "rcnb-elapsed");
+  header.append(title, kind, badge, elapsed);
+
+  const bar = element("div", "rcnb-bar");
+  bar.setAttribute("role", "progressbar");
+  bar.setAttribute("aria-valuemin", "0");
+  bar.setAttribute("aria-valuemax", "100");
+  const fill = element("div", "rcnb-fill");
+  bar.append(fill);
+
+  const details = element("div", "rcnb-details");
+  const preview = element("img", "rcnb-preview");
+  preview.alt = "latest preview";
+  const error = element("div", "rcnb-error");
+  const notice = element("div", "rcnb-notice");
+  const footer = element("div", "rcnb-footer");
+  const outputs = element("span", "rcnb-outputs");
+  const cancel = element("button", "rcnb-cancel", "Cancel");
+  cancel.type = "button";
+  footer.append(outputs, cancel);
+  root.append(header, bar, details, preview, error, notice, footer);
+  el.append(root);
+
+  let requested = false; // clicked, and Python has not answered yet
+  let timer = null;
+
+  const get = (name) => model.get(name);
+
+  function elapsedSeconds() {
+    const start = get("submitted_at");
+    if (!start) return 0;
+    const end = get("finished_at") ?? Date.now() / 1000;
+    return end - start;
+  }
+
+  function fraction(status) {
+    if (status === "succeeded") return 1;
+    const steps = get("steps");
+    if (steps) return Math.min(1, Math.max(0, (get("step") || 0) / steps));
+    const total = get("nodes_total");
+    if (total) return Math.min(1, (get("nodes_done") || 0) / total);
+    return null;
+  }
+
+  function tick() {
+    elapsed.textContent = formatDuration(elapsedSeconds());
+  }
+
+  function update() {
+    const status = get("status") || "queued";
+    const terminal = TERMINAL.has(status);
+    root.dataset.status = status;
+    title.textContent = get("label") || get("job_id") || "";
+    kind.textContent = get("kind") || "";
+    badge.textContent = status;
+    badge.className = `rcnb-badge rcnb-${status}`;
+
+    const f = fraction(status);
+    const indeterminate = status === "running" && f === null;
+    bar.classList.toggle("rcnb-indeterminate", indeterminate);
+    fill.style.width = indeterminate ? "" : `${((f ?? 0) * 100).toFixed(1)}%`;
+    if (f === null) {
+      bar.removeAttribute("aria-valuenow");
+      bar.setAttribute("aria-valuetext", status);
+    } else {
+      bar.setAttribute("aria-valuenow", String(Math.round(f * 100)));
+      bar.setAttribute("aria-valuetext", `${Math.round(f * 100)}%`);
+    }
+
+    const parts = [];
+    const position = get("position");
+    if (status === "queued") parts.push(position != null ? `position ${position} in queue` : "waiting in queue");
+    if (status === "running") {
+      const nodeTitle = get("node_title");
+      const steps = get("steps");
+      if (nodeTitle) parts.push(nodeTitle);
+      if (steps) parts.push(`step ${num(get("step") || 0)}/${num(steps)}`);
+    }
+    const total = get("nodes_total");
+    if (total) parts.push(`nodes ${get("nodes_done") || 0}/${total}`);
+    details.textContent = parts.join(" · ");
+    details.hidden = parts.length === 0;
+
+    const src = get("preview") || "";
+    if (src && preview.getAttribute("src") !== src) preview.src = src;
+    preview.hidden = !src;
+
+    error.textContent = get("error") || "";
+    error.hidden = status !== "failed" || !error.textContent;
+    notice.textContent = get("notice") || "";
+    notice.hidden = !notice.textContent;
+
+    const n = get("outputs") || 0;
+    outputs.textContent = n ? `${n} output${n === 1 ? "" : "s"}` : "";
+
+    const busy = requested || get("cancelling");
+    cancel.hidden = terminal;
+    cancel.disabled = Boolean(busy);
+    cancel.textContent = busy ? "cancelling…" : "Cancel";
+
+    tick();
+    if (terminal && timer !== null) {
+      clearInterval(timer);
+      timer = null;
+    } else if (!terminal && timer === null) {
+      timer = setInterval(tick, 100);
+    }
+  }
+
+  function onCancelling() {
+    if (!get("cancelling")) requested = false; // answered: either done or refused (see notice)
+  }
+
+  function onClick() {
+    if (cancel.disabled) return;
+    requested = true;
+    model.send({ type: "cancel" });
+    update();
+  }
+
+  cancel.addEventListener("click", onClick);
+  model.on("change:cancelling", onCancelling);
+  for (const name of TRAITS) model.on(`change:${name}`, update);
+  update();
+
+  return () => {
+    if (timer !== null) clearInterval(timer);
+    cancel.removeEventListener("click", onClick);
+    model.off("change:cancelling", onCancelling);
+    for (const name of TRAITS) model.off(`change:${name}`, update);
+    root.remove();
+  };
+}
+
+export default { render };
