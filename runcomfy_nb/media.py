@@ -58,9 +58,9 @@ class Fetcher(Protocol):
 
 @dataclass(frozen=True)
 class Media:
-    """One output file of a job."""
+    """One output file of a job. Its URL stays out of the repr: some (a machine's /view) grant access."""
 
-    url: str
+    url: str = field(repr=False)
     filename: str
     kind: str
     node: str | None = None

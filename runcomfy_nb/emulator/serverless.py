@@ -346,9 +346,17 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
         dep = serverless.deployments.get(request.match_info["dep"])
         return (dep, None) if dep else (None, error(404, 404001, "Deployment not found"))
 
-    def find(request: web.Request, dep: dict[str, Any]) -> Request | None:
-        found = serverless.requests.get(request.match_info["rid"])
-        return found if found and found.deployment == dep["id"] else None
+    async def target(request: web.Request, operation: str) -> tuple[Any, Any, web.StreamResponse | None]:
+        """The deployment and request a call names, or the error (or fault) to answer with."""
+        dep, missing = lookup(request)
+        if missing:
+            return None, None, missing
+        if (reply := await _request_fault(request, faults.take(dep["id"], operation, REQUEST_FAULTS))):
+            return None, None, reply
+        job = serverless.requests.get(request.match_info["rid"])
+        if job is None or job.deployment != dep["id"]:
+            return None, None, error(404, 404001, "Request not found")
+        return dep, job, None
 
     for prefix in ("v1", "v2"):
         base = f"/prod/{prefix}/deployments/{{dep}}"
@@ -377,14 +385,9 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
 
         @table.get(f"{base}/requests/{{rid}}/status")
         async def status(request: web.Request, prefix: str = prefix) -> web.StreamResponse:
-            dep, missing = lookup(request)
-            if missing:
-                return missing
-            if (reply := await _request_fault(request, faults.take(dep["id"], "status", REQUEST_FAULTS))):
-                return reply
-            job = find(request, dep)
-            if job is None:
-                return error(404, 404001, "Request not found")
+            dep, job, refusal = await target(request, "status")
+            if refusal:
+                return refusal
             live = dep["status_style"] == "live"
             state = job.status
             if job.cancel_pending:
@@ -404,14 +407,9 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
 
         @table.get(f"{base}/requests/{{rid}}/result")
         async def result(request: web.Request) -> web.StreamResponse:
-            dep, missing = lookup(request)
-            if missing:
-                return missing
-            if (reply := await _request_fault(request, faults.take(dep["id"], "result", REQUEST_FAULTS))):
-                return reply
-            job = find(request, dep)
-            if job is None:
-                return error(404, 404001, "Request not found")
+            dep, job, refusal = await target(request, "result")
+            if refusal:
+                return refusal
             state = job.status
             if state == "cancelled" and dep["status_style"] == "live":
                 state = "canceled"
@@ -429,14 +427,9 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
 
         @table.post(f"{base}/requests/{{rid}}/cancel")
         async def cancel(request: web.Request) -> web.StreamResponse:
-            dep, missing = lookup(request)
-            if missing:
-                return missing
-            if (reply := await _request_fault(request, faults.take(dep["id"], "cancel", REQUEST_FAULTS))):
-                return reply
-            job = find(request, dep)
-            if job is None:
-                return error(404, 404001, "Request not found")
+            dep, job, refusal = await target(request, "cancel")
+            if refusal:
+                return refusal
             accepted = serverless.cancel(dep, job)
             if dep["status_style"] == "live":
                 state = "cancellation_requested" if accepted else "not_cancellable"
