@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -351,13 +352,11 @@ async def test_mimebundle_while_queued() -> None:
     job.detach()
 
 
-async def test_ipython_formats_both_fallbacks() -> None:
-    from IPython.core.formatters import DisplayFormatter
-
+async def test_display_outside_ipython_prints_the_text(capsys: pytest.CaptureFixture[str]) -> None:
     job = Job(Script(Started()), kind="deployment", id="f1")
     await job.wait(5)
-    data, _ = DisplayFormatter().format(JobProgress(job))
-    assert {"text/plain", "text/html", "application/vnd.jupyter.widget-view+json"} <= data.keys()
+    JobProgress(job)._ipython_display_()
+    assert capsys.readouterr().out.startswith("<JobProgress deployment/f1 succeeded in ")
 
 
 # --- Gallery -----------------------------------------------------------------------------------
@@ -475,7 +474,9 @@ async def test_gallery_from_async_code_on_the_fetchers_loop() -> None:
     check_items(gallery)
 
 
-async def test_gallery_from_async_code_with_a_fetcher_elsewhere(thread_loop: asyncio.AbstractEventLoop) -> None:
+async def test_gallery_from_async_code_with_a_fetcher_elsewhere(
+    thread_loop: asyncio.AbstractEventLoop,
+) -> None:
     fetcher = Fetcher(files(), thread_loop)
     gallery = Gallery(media_for(fetcher, "big.png", "anim.webp"))
     assert not gallery.loading and all(item["thumb"] for item in gallery.items)
@@ -541,3 +542,63 @@ def test_job_result_displays_as_a_gallery(thread_loop: asyncio.AbstractEventLoop
     data, _ = result._repr_mimebundle_(None, None)
     assert "application/vnd.jupyter.widget-view+json" in data
     assert "big.png" in data["text/plain"] and "data:image/jpeg" in data["text/html"]
+
+
+# --- displays and wrappers ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_kernel_display(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
+    """IPython's display/update_display as in a kernel, recorded."""
+    import IPython.display
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shown: list[Any] = []
+    updated: list[Any] = []
+    monkeypatch.setattr(IPython.display, "display", lambda data, **kw: shown.append((data, kw)))
+    monkeypatch.setattr(IPython.display, "update_display", lambda data, **kw: updated.append((data, kw)))
+    monkeypatch.setattr(InteractiveShell, "initialized", classmethod(lambda cls: True))
+    monkeypatch.setattr(InteractiveShell, "instance",
+                        classmethod(lambda cls, *a, **k: SimpleNamespace(kernel=object())))
+    return shown, updated
+
+
+async def test_a_displayed_progress_refreshes_its_fallback_when_done(
+    fake_kernel_display: tuple[list[Any], list[Any]],
+) -> None:
+    shown, updated = fake_kernel_display
+    gate = asyncio.Event()
+    job = Job(Script(Queued(position=2), gate, Progress(3, 4)), kind="deployment", id="d1")
+    widget = JobProgress(job)
+    await until(lambda: widget.position == 2)
+    widget._ipython_display_()
+    (data, kw), = shown
+    assert "queue position 2" in data["text/html"] and kw["raw"] and kw["display_id"]
+    assert "application/vnd.jupyter.widget-view+json" in data
+    gate.set()
+    await job.wait(5)
+    assert len(updated) == 1 and updated[0][1]["display_id"] == kw["display_id"]
+    assert "succeeded" in updated[0][0]["text/html"] and "succeeded in" in updated[0][0]["text/plain"]
+
+
+async def test_a_displayed_gallery_refreshes_when_thumbnails_arrive(
+    fake_kernel_display: tuple[list[Any], list[Any]],
+) -> None:
+    shown, updated = fake_kernel_display
+    gallery = Gallery(media_for(Fetcher(files(), asyncio.get_running_loop()), "big.png"))
+    gallery._ipython_display_()
+    assert "data:image" not in shown[0][0]["text/html"]
+    await until(lambda: bool(updated), timeout=10)
+    assert "data:image/jpeg" in updated[0][0]["text/html"]
+
+
+def test_blocking_wrappers_are_accepted(thread_loop: asyncio.AbstractEventLoop) -> None:
+    from runcomfy_nb.sync import Blocking
+
+    job = job_on(thread_loop, Script(Started()), kind="deployment", id="w1")
+    widget = JobProgress(Blocking(job))  # type: ignore[arg-type]
+    wait_for(lambda: widget.status == "succeeded")
+    media = media_for(Fetcher(files(), thread_loop), "big.png")
+    gallery = Gallery([Blocking(m) for m in media])  # type: ignore[misc]
+    assert gallery.items[0]["thumb"].startswith("data:image/jpeg")
+    assert Gallery(Blocking(media[0])).items[0]["filename"] == "big.png"  # type: ignore[arg-type]

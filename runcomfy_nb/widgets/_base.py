@@ -8,6 +8,7 @@ import base64
 import concurrent.futures
 import html
 import io
+import logging
 import math
 import re
 import threading
@@ -141,6 +142,49 @@ def split_bundle(bundle: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         data, meta = bundle
         return dict(data or {}), dict(meta or {})
     return dict(bundle or {}), {}
+
+
+class Snapshots:
+    """Keeps the static fallback of displayed widgets current.
+
+    A notebook saves the text/html a widget had when it was displayed; for a job that was
+    "queued". Displaying with a display id lets us re-send the bundle when the state settles
+    (`_refresh_displays`), so nbclient-executed and saved notebooks show the outcome. Only in a
+    kernel: a terminal IPython would print the update as a stray line.
+    """
+
+    _display_ids: list[str]
+
+    def _ipython_display_(self) -> None:
+        from uuid import uuid4
+
+        from IPython.core.interactiveshell import InteractiveShell
+        from IPython.display import display
+
+        display_id = uuid4().hex
+        data, meta = self._repr_mimebundle_()  # type: ignore[attr-defined]
+        if not InteractiveShell.initialized():  # plain Python: IPython would print the dict
+            print(data["text/plain"])
+            return
+        self._display_ids = [*getattr(self, "_display_ids", []), display_id]
+        display(data, metadata=meta, raw=True, display_id=display_id)
+
+    def _refresh_displays(self) -> None:
+        if not getattr(self, "_display_ids", None):
+            return
+        try:
+            from IPython.core.interactiveshell import InteractiveShell
+
+            shell = InteractiveShell.instance() if InteractiveShell.initialized() else None
+            if getattr(shell, "kernel", None) is None:
+                return
+            from IPython.display import update_display
+
+            data, meta = self._repr_mimebundle_()  # type: ignore[attr-defined]
+            for display_id in self._display_ids:
+                update_display(data, metadata=meta, raw=True, display_id=display_id)
+        except Exception:  # a cosmetic refresh must never break the job
+            logging.getLogger("runcomfy_nb").debug("could not refresh a display", exc_info=True)
 
 
 # --- images ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import traitlets as t
 from ..media import ANIMATED_EXT, Media
 from ._base import (
     FONT,
+    Snapshots,
     asset,
     data_url,
     downscale,
@@ -88,7 +89,7 @@ def _browser_url(media: Media) -> str:
     return url
 
 
-class Gallery(anywidget.AnyWidget):
+class Gallery(Snapshots, anywidget.AnyWidget):
     """Media outputs as a grid of thumbnails (click for the full file), plus text outputs.
 
     `labels`, one per media item, are shown under the file names (a sweep's parameters).
@@ -201,6 +202,7 @@ class Gallery(anywidget.AnyWidget):
         with self.hold_sync():
             self.items = items
             self.loading = len(self._tasks) > 1
+        self._refresh_displays()
 
     # -- full-size files for the lightbox, through the kernel --
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:

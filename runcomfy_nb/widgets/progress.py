@@ -16,6 +16,7 @@ from ..errors import JobCancelled
 from ..jobs import Event, Failed, Finished, Job, NodeStarted, Output, Preview, Progress, Queued, Started
 from ._base import (
     FONT,
+    Snapshots,
     Throttle,
     asset,
     data_url,
@@ -37,7 +38,7 @@ _COLORS = {"queued": "#6b7280", "running": "#2563eb", "succeeded": "#16a34a", "f
 _TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-class JobProgress(anywidget.AnyWidget):
+class JobProgress(Snapshots, anywidget.AnyWidget):
     """Live progress of a `Job`: status, queue position, elapsed time, a progress bar, the
     current node and step, the sampler's latest preview, the error, and a Cancel button.
 
@@ -155,9 +156,12 @@ class JobProgress(anywidget.AnyWidget):
                 changes["preview"] = data_url(*downscale(preview[0], PREVIEW_PX, quality=75))
             except Exception:  # a preview Pillow cannot read is not worth an error
                 log.debug("could not decode a preview image", exc_info=True)
+        settled = changes.get("status") in _TERMINAL
         with self.hold_sync():
             for name, value in changes.items():
                 setattr(self, name, value)
+        if settled:
+            self._refresh_displays()
 
     # -- cancel --
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
