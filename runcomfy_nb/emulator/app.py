@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import serverless
+from . import comfyui, machines, serverless
 from .faults import Fault, Faults
 
 
@@ -55,6 +55,7 @@ class State:
 
 
 STATE = web.AppKey("state", State)
+MACHINES = web.AppKey("machines", machines.Machines)
 
 
 def load_config(config: dict[str, Any] | str | Path | None) -> dict[str, Any]:
@@ -112,8 +113,17 @@ def create_app(state: State, config: dict[str, Any]) -> tuple[web.Application, s
     deployments = serverless.Serverless(state)
     for entry in config.get("deployments", []):
         deployments.add(entry)
+    fleet = machines.Machines(state, config)
+    app[MACHINES] = fleet
     app.add_routes(_control_routes(state))
     app.add_routes(serverless.routes(deployments))
+    app.add_routes(machines.routes(fleet))
+    app.add_routes(comfyui.routes(fleet.backend, state))
+
+    async def close_machines(app: web.Application) -> None:  # open WebSockets would stall cleanup
+        await fleet.shutdown()
+
+    app.on_shutdown.append(close_machines)
     return app, deployments
 
 
@@ -137,6 +147,7 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._serverless: serverless.Serverless | None = None
+        self._machines: machines.Machines | None = None
 
     def __repr__(self) -> str:
         return f"<Emulator {self.url or 'stopped'}>"
@@ -151,6 +162,7 @@ class Emulator:
 
         async def serve() -> None:
             app, self._serverless = create_app(self.state, self._config)
+            self._machines = app[MACHINES]
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", self._port)
@@ -238,3 +250,28 @@ class Emulator:
 
     def requests_for(self, deployment_id: str) -> list[serverless.Request]:
         return [r for r in self._serverless.requests.values() if r.deployment == deployment_id]
+
+    # --- machines (Server API) and their ComfyUI ---------------------------------------------
+    @property
+    def user_id(self) -> str:
+        """The account's user_id in the Server API paths (config "machines.user_id")."""
+        return self._machines.user_id if self._machines else str(machines.DEFAULTS["user_id"])
+
+    def machines(self) -> list[dict[str, Any]]:
+        """Every machine launched so far: server_id, status (Starting, Ready, Deleting, or Deleted once
+        gone), server_type, workflow_version_id, estimated_duration, billed_seconds (virtual)."""
+        return self._call(self._machines.records) if self._machines else []
+
+    def comfy_url(self, server_id: str) -> str | None:
+        """The machine's main_service_url (its ComfyUI) while it is Ready, else None."""
+        machine = self._machines.machines.get(server_id) if self._machines else None
+        if machine is None or machine.status != "Ready":
+            return None
+        return f"{self.url}/machines/{server_id}"
+
+    def machine_workflow(self, version_id: str) -> dict[str, Any]:
+        """The API-format workflow a saved workflow version runs (its config preset)."""
+        workflow = self._machines.workflow(version_id) if self._machines else None
+        if workflow is None:
+            raise KeyError(f"no workflow version {version_id!r}")
+        return copy.deepcopy(self.state.presets[workflow.get("preset", "image")])

@@ -11,8 +11,10 @@ FAULTS = {
     "rate_limit": "any", "server_error": "any", "http_error": "any", "body_error": "submit",
     "drop": "submit", "delay": "submit", "job_fails": "submit", "slow_queue": "submit",
     "truncate": "download",
+    # machines (target: a server_id or "*"); see machines.py and comfyui.py
+    "never_ready": "ready", "slow_ready": "ready", "ws_drop": "ws", "node_raises": "run",
 }
-OPERATIONS = {"submit", "status", "result", "cancel", "download", "any"}
+OPERATIONS = {"submit", "status", "result", "cancel", "download", "ready", "ws", "run", "any"}
 
 
 @dataclass

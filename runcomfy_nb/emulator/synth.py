@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import random
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 
 def _rng(*parts: object) -> random.Random:
@@ -64,8 +65,9 @@ def image(seed: int, prompt: str, width: int = 512, height: int = 512, index: in
     return out.getvalue()
 
 
-def animation(seed: int, prompt: str, frames: int = 24, size: int = 256) -> bytes:
-    """A short animated WebP (a ball crossing a gradient), made only from its arguments."""
+def animation(seed: int, prompt: str, frames: int = 24, size: int = 256, fmt: str = "WEBP") -> bytes:
+    """A short animated WebP (or GIF: `fmt="GIF"`) of a ball crossing a gradient, made only from its
+    arguments."""
     rng = _rng("video", seed, prompt)
     background = _background((size, size), rng)
     color = _palette(rng)[1]
@@ -79,6 +81,28 @@ def animation(seed: int, prompt: str, frames: int = 24, size: int = 256) -> byte
         draw.text((6, 6), f"seed {seed} frame {n + 1}/{frames}", fill=(255, 255, 255))
         images.append(frame)
     out = io.BytesIO()
-    images[0].save(out, "WEBP", save_all=True, append_images=images[1:], duration=80, loop=0,
-                   quality=70, method=0)
+    if fmt.upper() == "GIF":
+        images[0].save(out, "GIF", save_all=True, append_images=images[1:], duration=80, loop=0)
+    else:
+        images[0].save(out, "WEBP", save_all=True, append_images=images[1:], duration=80, loop=0,
+                       quality=70, method=0)
+    return out.getvalue()
+
+
+@functools.lru_cache(maxsize=8)
+def _preview_base(seed: int, prompt: str, width: int, height: int, index: int, side: int) -> Image.Image:
+    picture = Image.open(io.BytesIO(image(seed, prompt, width, height, index))).convert("RGB")
+    picture.thumbnail((side, side))
+    return picture
+
+
+def preview(seed: int, prompt: str, width: int, height: int, step: int, steps: int, index: int = 0,
+            side: int = 256) -> bytes:
+    """A JPEG sampler preview of `image(seed, prompt, ...)`: heavily blurred at the first step, sharp
+    at the last (the blur radius falls linearly as `step` approaches `steps`)."""
+    base = _preview_base(seed, prompt, width, height, index, side)
+    radius = 12.0 * (1 - max(0, min(step, steps)) / max(1, steps))
+    frame = base.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else base
+    out = io.BytesIO()
+    frame.save(out, "JPEG", quality=80)
     return out.getvalue()
