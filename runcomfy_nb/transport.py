@@ -298,6 +298,10 @@ class Storage:
                     return size
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def public_url(self, media: Media) -> str:
+        """Serverless output URLs need no credentials, so a browser may load them directly."""
+        return media.url
+
     async def read(self, media: Media) -> bytes:
         import io
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -44,21 +43,19 @@ def submit_arguments(kind: str, data: Any) -> dict[str, Any]:
     return {"inputs": data}  # a LoRA deployment's own schema
 
 
-def show_progress(job: Any) -> Callable[[], None]:
-    """Display a JobProgress for `job`; returns a function that re-displays its final state."""
+def show_progress(job: Any) -> None:
+    """Display a JobProgress for `job` (it refreshes its saved fallback when the job ends)."""
     from ..widgets import JobProgress
 
     raw = sync.unwrap(job)
-    widget = sync.call(lambda: JobProgress(raw))
-    handle = display(widget, display_id=True)
-    return lambda: handle.update(widget)
+    display(sync.call(lambda: JobProgress(raw)))
 
 
 def follow(magics: Any, job: Any, *, timeout: float | None, out: str | None) -> Any:
     """Show live progress, wait for the result (Ctrl-C cancels unless auto_cancel is off),
     store it under `out` and return it."""
     raw = sync.unwrap(job)
-    refresh = show_progress(job)
+    show_progress(job)
     try:
         result = job.result(timeout=timeout or magics.timeout,
                             cancel_on_interrupt=magics.auto_cancel)
@@ -70,8 +67,6 @@ def follow(magics: Any, job: Any, *, timeout: float | None, out: str | None) -> 
             print(f"Interrupted: job {raw.id} runs on (auto_cancel is off); "
                   "its progress above keeps updating.")
         return None
-    finally:
-        refresh()  # the saved notebook keeps the final state, not "queued"
     if out:
         magics.shell.user_ns[out] = result
     return result
