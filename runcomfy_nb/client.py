@@ -7,8 +7,18 @@ from typing import Any
 
 from .clients.deployments import SERVICE as SERVERLESS
 from .clients.deployments import Deployments
+from .clients.machines import SERVICE as SERVER_API
+from .clients.machines import Machines
 from .config import Config
-from .transport import Storage, Transport
+from .errors import MissingCredentials
+from .transport import RateLimiter, Storage, Transport
+
+_limiters: dict[tuple[str, int], RateLimiter] = {}
+
+
+def _account_limiter(base_url: str, token: str) -> RateLimiter:
+    """One Server API limiter per account in this process (1 request/s, bursts of 3)."""
+    return _limiters.setdefault((base_url, hash(token)), RateLimiter(1.0, 3))
 
 
 class AsyncRunComfy:
@@ -20,6 +30,7 @@ class AsyncRunComfy:
         self.config = config or Config.from_env(token=token, **settings)
         self._closables: list[Transport | Storage] = []
         self._deployments: Deployments | None = None
+        self._machines: Machines | None = None
         self._storage: Storage | None = None
 
     def __repr__(self) -> str:
@@ -48,11 +59,29 @@ class AsyncRunComfy:
                                             version=self.config.serverless_version)
         return self._deployments
 
+    @property
+    def machines(self) -> Machines:
+        """Dedicated GPU machines and cloud-saved workflows (Server API; needs RUNCOMFY_USER_ID)."""
+        if self._machines is None:
+            token = self.config.require_token()
+            if not self.config.user_id:
+                raise MissingCredentials(
+                    "No RunComfy user id: set RUNCOMFY_USER_ID (the UUID in your dashboard URL) "
+                    "or pass user_id=..."
+                )
+            # The Server API allows 1 request/s with short bursts: stay under it, never see 429.
+            transport = Transport(self.config.base_url, service=SERVER_API,
+                                  auth={"Authorization": token}, auth_scheme="Bearer ",
+                                  timeout=self.config.timeout,
+                                  limiter=_account_limiter(self.config.base_url, token.get()))
+            self._machines = Machines(self._keep(transport), self.config.user_id)
+        return self._machines
+
     async def aclose(self) -> None:
         for closable in reversed(self._closables):
             await closable.aclose()
         self._closables.clear()
-        self._deployments = self._storage = None
+        self._deployments = self._storage = self._machines = None
 
     async def __aenter__(self) -> AsyncRunComfy:
         return self

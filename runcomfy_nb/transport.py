@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,26 +42,26 @@ MAX_RETRY_AFTER = 30.0
 
 
 class RateLimiter:
-    """A token bucket shared by every call to one API: `rate` requests per second, `burst` at once."""
+    """A token bucket: `rate` requests per second, `burst` at once. Thread-safe and loop-agnostic,
+    so one limiter can serve every client of an account (async and blocking alike)."""
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, burst
         self._tokens = float(burst)
-        self._stamp: float | None = None
-        self._lock = asyncio.Lock()
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _reserve(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate) - 1
+            self._stamp = now
+            return max(0.0, -self._tokens / self.rate)
 
     async def acquire(self) -> None:
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            now = loop.time()
-            if self._stamp is not None:
-                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            if self._tokens < 1:
-                await asyncio.sleep((1 - self._tokens) / self.rate)
-                self._stamp = loop.time()
-                self._tokens = 1.0
-            self._tokens -= 1
+        delay = self._reserve()
+        if delay:
+            await asyncio.sleep(delay)
 
 
 def _message(body: Any) -> str:

@@ -1,0 +1,269 @@
+"""RunComfy Server API: cloud-saved workflows and dedicated GPU machines (launch, watch, extend, stop).
+
+Machines bill by the second from Ready until stopped. Every machine launched from this process is
+remembered, so `stop_all()` (and the kernel-exit hook in the magics) can stop what is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from ..config import Secret
+from ..errors import NotFound, ValidationError
+from ..timefmt import parse_timestamp
+from ..transport import Transport
+
+SERVICE = "RunComfy Server API"
+SERVER_TYPES = ("medium", "large", "extra-large", "2x-large", "2xl-turbo")
+# Estimates only: the API does not expose prices. Override with Machines(prices=...).
+DEFAULT_PRICES_PER_HOUR = {"medium": 0.99, "large": 1.75, "extra-large": 2.50, "2x-large": 4.99,
+                           "2xl-turbo": 6.99}
+MIN_DURATION, MAX_DURATION = 60, 7 * 24 * 3600
+_STATES = {"starting": "starting", "initializing": "starting", "ready": "ready",
+           "deleting": "stopping", "stopping": "stopping", "error": "failed", "failed": "failed"}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: int | float | str) -> int:
+    """Seconds from `3600`, `"3600"`, `"90m"`, `"2h"` or `"1h30m"`; checked against sane limits."""
+    if isinstance(value, bool):
+        raise ValidationError("A duration is a number of seconds or text like '90m' or '2h'.")
+    if isinstance(value, (int, float)):
+        seconds = int(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            raise ValidationError(f"Cannot read the duration {value!r}: write e.g. 3600, '90m' or '2h'.")
+        seconds = int(sum(float(n) * _UNITS[u or "s"] for n, u in parts))
+    if not MIN_DURATION <= seconds <= MAX_DURATION:
+        raise ValidationError(
+            f"A machine duration must be between 1 minute and 7 days, not {seconds} s."
+        )
+    return seconds
+
+
+def check_server_type(server_type: str) -> str:
+    if server_type not in SERVER_TYPES:
+        hint = difflib.get_close_matches(str(server_type), SERVER_TYPES, n=1)
+        raise ValidationError(
+            f"Unknown server_type {server_type!r}; choose one of {', '.join(SERVER_TYPES)}."
+            + (f" Did you mean {hint[0]!r}?" if hint else "")
+        )
+    return server_type
+
+
+@dataclass(frozen=True)
+class WorkflowVersion:
+    workflow_id: str
+    name: str
+    version_id: str
+    updated_at: str = ""
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """One status reply. `state` is starting | ready | stopping | stopped | failed;
+    `url` (the ComfyUI address) is a Secret: it grants access to the machine."""
+
+    server_id: str
+    state: str
+    raw_status: str = ""
+    server_type: str = ""
+    estimated_duration: int | None = None
+    url: Secret | None = field(default=None, repr=False)
+    ready_at: float | None = None
+    stopping_at: float | None = None
+    workflow_version_id: str | None = None
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> MachineInfo:
+        raw = str(reply.get("current_status") or "")
+        url = reply.get("main_service_url")
+        return cls(
+            server_id=str(reply.get("server_id")), state=_STATES.get(raw.lower(), "starting"),
+            raw_status=raw, server_type=str(reply.get("server_type") or ""),
+            estimated_duration=reply.get("estimated_duration"),
+            url=Secret(url) if isinstance(url, str) and url else None,
+            ready_at=parse_timestamp(reply.get("service_ready_at")),
+            stopping_at=parse_timestamp(reply.get("estimated_stopping_at")),
+            workflow_version_id=reply.get("workflow_version_id"),
+        )
+
+
+class Machines:
+    """Workflows and machines of one account (needs RUNCOMFY_USER_ID besides the token)."""
+
+    def __init__(self, transport: Transport, user_id: str, *,
+                 prices: dict[str, float] | None = None,
+                 notify: Callable[[str], None] = print) -> None:
+        self._http = transport
+        self._base = f"/prod/api/users/{quote(user_id, safe='')}"
+        self.prices = {**DEFAULT_PRICES_PER_HOUR, **(prices or {})}
+        self._notify = notify
+        self.launched: dict[str, Machine] = {}
+
+    def __repr__(self) -> str:
+        return "<Machines>"
+
+    async def workflows(self) -> list[WorkflowVersion]:
+        reply = await self._http.request("GET", f"{self._base}/workflows")
+        items = reply if isinstance(reply, list) else (reply or {}).get("workflows", [])
+        return [WorkflowVersion(str(w.get("workflow_id", "")), str(w.get("workflow_name", "")),
+                                str(w.get("version_id", "")), str(w.get("updated_at", "")))
+                for w in items if isinstance(w, dict)]
+
+    async def list(self) -> list[MachineInfo]:
+        reply = await self._http.request("GET", f"{self._base}/servers")
+        items = reply if isinstance(reply, list) else (reply or {}).get("servers", [])
+        return [MachineInfo.from_reply(m) for m in items if isinstance(m, dict)]
+
+    async def status(self, server_id: str) -> MachineInfo:
+        try:
+            reply = await self._http.request("GET", self._server(server_id))
+        except NotFound:
+            return MachineInfo(server_id=server_id, state="stopped", raw_status="(gone)")
+        return MachineInfo.from_reply(reply)
+
+    def _server(self, server_id: str, action: str = "") -> str:
+        path = f"{self._base}/servers/{quote(server_id, safe='')}"
+        return f"{path}/{action}" if action else path
+
+    async def launch(self, version_id: str, *, server_type: str = "large",
+                     duration: int | float | str = "1h") -> Machine:
+        """Launch a machine for a workflow version; it bills from Ready until stopped."""
+        check_server_type(server_type)
+        seconds = parse_duration(duration)
+        known = {w.version_id for w in await self.workflows()}
+        if version_id not in known:
+            hint = difflib.get_close_matches(version_id, known, n=1)
+            raise ValidationError(
+                f"No workflow version {version_id!r} in this account (see `%runcomfy workflows`)."
+                + (f" Did you mean {hint[0]!r}?" if hint else "")
+            )
+        reply = await self._http.request(
+            "POST", f"{self._base}/servers", idempotent=False,
+            json={"workflow_version_id": version_id, "server_type": server_type,
+                  "estimated_duration": seconds},
+        )
+        machine = Machine(self, MachineInfo.from_reply(reply if isinstance(reply, dict) else {}))
+        self.launched[machine.id] = machine
+        price = self.prices.get(server_type)
+        cost = f" (about ${price:.2f}/h)" if price else ""
+        self._notify(
+            f"Machine {machine.id[:8]} ({server_type}) is starting. It bills from Ready until "
+            f"stopped{cost}, for at most {seconds / 3600:.2f} h; stop it with "
+            f"`%runcomfy stop {machine.id[:8]}` or `await machine.stop()`."
+        )
+        return machine
+
+    async def extend(self, server_id: str, by: int | float | str) -> MachineInfo:
+        """Add `by` to the running time (the API takes the new total)."""
+        current = await self.status(server_id)
+        if current.state not in ("starting", "ready"):
+            raise ValidationError(f"Machine {server_id[:8]} is {current.state}; it cannot be extended.")
+        total = (current.estimated_duration or 0) + parse_duration(by)
+        if total > MAX_DURATION:
+            raise ValidationError("That would run the machine longer than 7 days.")
+        reply = await self._http.request(
+            "POST", self._server(server_id, "update-estimated-duration"), idempotent=True,
+            json={"update_estimated_duration": total})
+        return MachineInfo.from_reply(reply)
+
+    async def stop(self, server_id: str) -> MachineInfo:
+        """Stop a machine (billing ends when this returns). A machine already gone counts as stopped."""
+        try:
+            reply = await self._http.request("DELETE", self._server(server_id))
+        except NotFound:
+            info = MachineInfo(server_id=server_id, state="stopped", raw_status="(gone)")
+        else:
+            info = MachineInfo.from_reply(reply)
+        if server_id in self.launched:
+            self.launched[server_id].info = info
+        return info
+
+    def find(self, prefix: str) -> str:
+        """The full id of a machine launched here from an id or its first characters."""
+        matches = [i for i in self.launched if i.startswith(prefix)]
+        return matches[0] if len(matches) == 1 else prefix
+
+    async def stop_all(self, *, include_kept: bool = False) -> list[str]:
+        """Stop every machine launched here that is still running; returns their ids."""
+        stopped = []
+        for machine in list(self.launched.values()):
+            if machine.info.state in ("starting", "ready") and (include_kept or not machine.keep):
+                await machine.stop()
+                stopped.append(machine.id)
+        return stopped
+
+
+class Machine:
+    """A launched machine: `await machine.wait_ready()`, `machine.comfyui()`, `extend`, `stop`."""
+
+    def __init__(self, api: Machines, info: MachineInfo) -> None:
+        self._api = api
+        self.info = info
+        self.id = info.server_id
+        self.keep = False  # True: leave it running when the kernel exits
+
+    def __repr__(self) -> str:
+        return f"<Machine {self.id[:8]} {self.info.server_type} {self.info.state}>"
+
+    @property
+    def billed_seconds(self) -> float:
+        """Seconds billed so far (from Ready), by the server's clock."""
+        if self.info.ready_at is None:
+            return 0.0
+        end = time.time() if self.info.state == "ready" else (self.info.stopping_at or time.time())
+        return max(0.0, min(end, self.info.stopping_at or end) - self.info.ready_at)
+
+    @property
+    def estimated_cost(self) -> float:
+        """Billed seconds × the price table's hourly rate for this server type (an estimate)."""
+        return self.billed_seconds / 3600 * self._api.prices.get(self.info.server_type, 0.0)
+
+    async def refresh(self) -> MachineInfo:
+        self.info = await self._api.status(self.id)
+        return self.info
+
+    async def wait_ready(self, timeout: float = 900.0, *, poll: float = 5.0,
+                         on_status: Callable[[MachineInfo], None] | None = None) -> MachineInfo:
+        """Wait until Ready (raises ValidationError if it fails or stops, TimeoutError after `timeout`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            info = await self.refresh()
+            if on_status is not None:
+                on_status(info)
+            if info.state == "ready" and info.url is not None:
+                return info
+            if info.state in ("failed", "stopped", "stopping"):
+                raise ValidationError(f"Machine {self.id[:8]} is {info.state} ({info.raw_status}); "
+                                      "it will not become ready.")
+            if loop.time() > deadline:
+                raise TimeoutError(f"Machine {self.id[:8]} was not ready after {timeout:g} s; it is "
+                                   f"still {info.raw_status} (and not billed until Ready).")
+            await asyncio.sleep(min(poll, max(0.0, deadline - loop.time())))
+
+    def comfyui(self) -> Any:
+        """A ComfyUI client on this machine's `main_service_url`."""
+        if self.info.url is None:
+            raise ValidationError(f"Machine {self.id[:8]} is not ready yet: await machine.wait_ready().")
+        from .comfyui import AsyncComfyUI
+
+        return AsyncComfyUI(self.info.url)
+
+    async def extend(self, by: int | float | str) -> MachineInfo:
+        self.info = await self._api.extend(self.id, by)
+        return self.info
+
+    async def stop(self) -> MachineInfo:
+        self.info = await self._api.stop(self.id)
+        return self.info
