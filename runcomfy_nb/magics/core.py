@@ -7,24 +7,22 @@ import os
 from typing import Any
 
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import HTML, display
+from IPython.display import display
 
 from .registry import subcommand
 from .session import SESSION
 
 
-def show_table(rows: list[tuple[str, str]], header: tuple[str, str]) -> None:
-    """A two-column table: HTML in notebooks, aligned text in terminals."""
-    width = max(len(k) for k, _ in [header, *rows])
-    text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in [header, *rows])
-    cells = "".join(
-        f"<tr><td><code>{html.escape(k)}</code></td><td>{html.escape(v)}</td></tr>" for k, v in rows
-    )
-    table = HTML(
-        f"<table><thead><tr><th>{html.escape(header[0])}</th><th>{html.escape(header[1])}</th>"
-        f"</tr></thead><tbody>{cells}</tbody></table>"
-    )
-    display({"text/plain": text, "text/html": table.data}, raw=True)
+def show_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    """A table: HTML in notebooks, aligned text in terminals."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [header, *rows])
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    display({"text/plain": text, "text/html": table}, raw=True)
 
 
 @subcommand("config", "config", "Show the current settings, secrets masked.")
@@ -67,6 +65,7 @@ def emulate(magics: Any, line: str, cell: str | None) -> None:
     SESSION.point_env_at({
         "RUNCOMFY_TOKEN": emulator.token, "RUNCOMFY_BASE_URL": url,
         "RUNCOMFY_MODEL_API_URL": url, "COMFY_CLOUD_URL": f"{url}/cloud",
+        "RUNCOMFY_USER_ID": emulator.user_id,
     })
     SESSION.use(SESSION.config.from_env())
     ids = ", ".join(emulator.deployment_ids())

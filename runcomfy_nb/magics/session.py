@@ -9,7 +9,8 @@ from .. import sync
 from ..config import Config
 from ..facade import RunComfy
 
-_ENV_KEYS = ("RUNCOMFY_TOKEN", "RUNCOMFY_BASE_URL", "RUNCOMFY_MODEL_API_URL", "COMFY_CLOUD_URL")
+_ENV_KEYS = ("RUNCOMFY_TOKEN", "RUNCOMFY_BASE_URL", "RUNCOMFY_MODEL_API_URL", "COMFY_CLOUD_URL",
+             "RUNCOMFY_USER_ID")
 
 
 class Session:
@@ -17,6 +18,8 @@ class Session:
         self.config = Config.from_env()
         self._client: Any = None
         self.emulator: Any = None
+        self.comfy_target: str | None = None  # a machine id or a ComfyUI URL for %%runcomfy prompt
+        self.exit_hook = False
         self._saved_env: dict[str, str | None] = {}
 
     @property
