@@ -231,3 +231,19 @@ async def test_truncated_download(client: rc.AsyncRunComfy, fresh: Emulator, tmp
     fresh.set_fault("*", "truncate", count=1)  # one truncated answer: the retry gets it whole
     path = await result.media[0].save(tmp_path)
     assert Image.open(path).size[0] > 0
+
+
+def test_emulator_command_line() -> None:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "runcomfy_nb.emulator", "--port", "0",
+                                "--token", TOKEN], stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        url = line.rsplit(" ", 1)[-1].strip()
+        assert line.startswith("runcomfy emulator listening on http://127.0.0.1:")
+        assert httpx.post(f"{url}/prod/v1/deployments/{FLUX}/inference", json={}).status_code == 401
+    finally:
+        process.terminate()
+        process.wait(10)
