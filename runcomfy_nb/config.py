@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import MissingCredentials
@@ -72,7 +72,6 @@ class Config:
     comfy_cloud_url: str = DEFAULT_COMFY_CLOUD_URL
     serverless_version: str = "v1"
     timeout: float = 30.0
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:

@@ -49,7 +49,11 @@ def filename_from_url(url: str) -> str:
 
 
 class Fetcher(Protocol):
-    """Reads output files; never sends our credentials to the file's host."""
+    """Reads output files; never sends our credentials to the file's host. `loop` is the event
+    loop it works on. A fetcher may add `public_url(media)` when a browser can load the URL
+    itself (widgets then use it instead of passing bytes through the kernel)."""
+
+    loop: Any
 
     async def read(self, media: Media) -> bytes: ...
 

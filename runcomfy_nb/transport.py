@@ -266,7 +266,10 @@ class Storage:
     hosts), following redirects; downloads are checked for truncation and written atomically."""
 
     def __init__(self, *, timeout: float = 60.0) -> None:
-        self.loop = asyncio.get_running_loop()
+        try:  # the loop this client will work on; known at the latest at the first download
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True,
             headers={"User-Agent": USER_AGENT},
@@ -276,6 +279,7 @@ class Storage:
         return "<Storage>"
 
     async def _stream_to(self, media: Media, sink: Any) -> int:
+        self.loop = self.loop or asyncio.get_running_loop()
         async for attempt in stamina.retry_context(
             on=(httpx.TransportError, ServerError), attempts=3, timeout=120.0, wait_initial=0.3,
         ):
