@@ -1,6 +1,13 @@
 """The emulator's aiohttp app and the `Emulator` that serves it from a background thread.
 
-Each emulated API is a module with `routes(...)`; `create_app` mounts them all in one place.
+`create_app` builds one app: the request log and bearer-token middleware, the control endpoints
+(`/_emulator/...`, no token), then each emulated API in MODULES, mounted by its own
+`register(app, state)`. A module adds its routes, keeps its own objects under its own `web.AppKey`,
+and names the path prefixes that need the bearer token in `state.bearer_prefixes`.
+
+Control endpoints: POST `/_emulator/faults` `{"deployment": target, "fault": name, "count": 1,
+"on": ..., **params}` arms a fault (faults.py), DELETE `/_emulator/faults` clears them all, GET
+`/_emulator/faults` lists them, GET `/_emulator/log` returns the request log.
 """
 
 from __future__ import annotations
@@ -19,11 +26,18 @@ from typing import Any
 from aiohttp import web
 
 from . import comfyui, machines, serverless
+from .envelope import error
 from .faults import Fault, Faults
+
+# Each module: register(app, state). Order matters only where one needs another's objects
+# (comfyui serves the backends machines creates).
+MODULES = (serverless, machines, comfyui)
 
 
 @dataclass
 class Record:
+    """One request the emulator received (and the HTTP status it answered; 0: none, e.g. dropped)."""
+
     method: str
     path: str
     query: dict[str, str]
@@ -46,19 +60,23 @@ class Clock:
 
 @dataclass
 class State:
+    """What every emulated API shares."""
+
     token: str
     clock: Clock
     presets: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
     faults: Faults = field(default_factory=Faults)
     log: list[Record] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
+    bearer_prefixes: list[str] = field(default_factory=list)
 
 
 STATE = web.AppKey("state", State)
-MACHINES = web.AppKey("machines", machines.Machines)
 
 
 def load_config(config: dict[str, Any] | str | Path | None) -> dict[str, Any]:
+    """The packaged deployments.json (None), a JSON file, or a copy of a dict."""
     if config is None:
         return json.loads(resources.files(__package__).joinpath("deployments.json").read_text())
     if isinstance(config, (str, Path)):
@@ -72,11 +90,15 @@ async def _log_and_auth(request: web.Request, handler: Any) -> web.StreamRespons
     record = Record(request.method, request.path, dict(request.query),
                     "Authorization" in request.headers)
     state.log.append(record)
-    if request.path.startswith("/prod/") and request.headers.get(
+    if request.path.startswith(tuple(state.bearer_prefixes)) and request.headers.get(
             "Authorization") != f"Bearer {state.token}":
         record.status = 401
-        return serverless.error(401, 401001, "Unauthorized: missing or invalid token")
-    response = await handler(request)
+        return error(401, 401001, "Unauthorized: missing or invalid token")
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        record.status = exc.status
+        raise
     record.status = response.status
     return response
 
@@ -86,14 +108,15 @@ def _control_routes(state: State) -> web.RouteTableDef:
 
     @table.post("/_emulator/faults")
     async def add_fault(request: web.Request) -> web.Response:
-        body = await request.json()
-        params = {k: v for k, v in body.items() if k not in ("fault", "deployment", "count", "on")}
         try:
-            state.faults.add(Fault(body["fault"], body.get("deployment", "*"), body.get("count", 1),
-                                   body.get("on", ""), params))
-        except (KeyError, ValueError) as exc:
+            state.faults.add(Fault.from_spec(await request.json()))
+        except (ValueError, TypeError) as exc:
             return web.json_response({"message": str(exc)}, status=400)
         return web.json_response({"ok": True})
+
+    @table.get("/_emulator/faults")
+    async def list_faults(request: web.Request) -> web.Response:
+        return web.json_response([asdict(f) for f in state.faults.armed()])
 
     @table.delete("/_emulator/faults")
     async def clear_faults(request: web.Request) -> web.Response:
@@ -107,39 +130,32 @@ def _control_routes(state: State) -> web.RouteTableDef:
     return table
 
 
-def create_app(state: State, config: dict[str, Any]) -> tuple[web.Application, serverless.Serverless]:
+def create_app(state: State) -> web.Application:
     app = web.Application(middlewares=[_log_and_auth], client_max_size=64 * 1024**2)
     app[STATE] = state
-    deployments = serverless.Serverless(state)
-    for entry in config.get("deployments", []):
-        deployments.add(entry)
-    fleet = machines.Machines(state, config)
-    app[MACHINES] = fleet
+    state.bearer_prefixes.clear()  # each module names its own again
     app.add_routes(_control_routes(state))
-    app.add_routes(serverless.routes(deployments))
-    app.add_routes(machines.routes(fleet))
-    app.add_routes(comfyui.routes(fleet.backend, state))
-
-    async def close_machines(app: web.Application) -> None:  # open WebSockets would stall cleanup
-        await fleet.shutdown()
-
-    app.on_shutdown.append(close_machines)
-    return app, deployments
+    for module in MODULES:
+        module.register(app, state)
+    return app
 
 
 class Emulator:
-    """The emulated RunComfy APIs on 127.0.0.1, served from a background thread.
+    """The emulated RunComfy APIs on 127.0.0.1, served from a background daemon thread with its own
+    event loop.
 
     `Emulator(speed=20).start()` returns the base URL; `with Emulator() as emu:` starts and stops.
+    `speed`: virtual seconds per real second (all durations in the config are virtual). `token`: the
+    bearer token it accepts (default: a random `emu-…`). `config`: None (the packaged
+    deployments.json), a dict of the same shape, or a path to one. `port`: 0 picks a free one.
     """
 
     def __init__(self, *, speed: float = 1.0, token: str | None = None, port: int = 0,
                  config: dict[str, Any] | str | Path | None = None) -> None:
         self.token = token or f"emu-{secrets.token_hex(12)}"
         raw = load_config(config)
-        self.state = State(self.token, Clock(speed), raw.get("presets", {}))
-        if not self.state.presets:
-            self.state.presets = load_config(None)["presets"]
+        presets = raw.get("presets") or load_config(None)["presets"]
+        self.state = State(self.token, Clock(speed), presets, raw)
         self._config = raw
         self._port = port
         self.url = ""
@@ -152,18 +168,24 @@ class Emulator:
     def __repr__(self) -> str:
         return f"<Emulator {self.url or 'stopped'}>"
 
+    @property
+    def speed(self) -> float:
+        return self.state.clock.speed
+
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> str:
+        """Serve (once; a second call returns the same URL) and return the base URL."""
         if self._thread is not None:
             return self.url
         ready = threading.Event()
         failure: list[BaseException] = []
-        self._loop = asyncio.new_event_loop()
+        loop = self._loop = asyncio.new_event_loop()
 
         async def serve() -> None:
-            app, self._serverless = create_app(self.state, self._config)
-            self._machines = app[MACHINES]
-            self._runner = web.AppRunner(app, access_log=None)
+            app = create_app(self.state)
+            self._serverless, self._machines = app[serverless.KEY], app[machines.KEY]
+            # in-flight answers (a `delay` fault, say) get a moment, not aiohttp's default minute
+            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", self._port)
             await site.start()
@@ -171,39 +193,46 @@ class Emulator:
             self.url = f"http://{host}:{port}"
 
         def main() -> None:
-            assert self._loop is not None
-            asyncio.set_event_loop(self._loop)
+            asyncio.set_event_loop(loop)
             try:
-                self._loop.run_until_complete(serve())
+                loop.run_until_complete(serve())
             except BaseException as exc:  # report start-up failures to the caller
                 failure.append(exc)
                 ready.set()
                 return
             ready.set()
-            self._loop.run_forever()
+            loop.run_forever()
 
         self._thread = threading.Thread(target=main, name="runcomfy-emulator", daemon=True)
         self._thread.start()
-        ready.wait(30)
-        if failure:
+        if not ready.wait(30) or failure:
             self._thread = None
-            raise RuntimeError(f"the emulator could not start: {failure[0]}")
+            loop.call_soon_threadsafe(loop.stop)
+            raise RuntimeError(f"the emulator could not start: {failure[0] if failure else 'timeout'}")
         return self.url
 
     def stop(self) -> None:
+        """Stop serving (jobs in flight are dropped); idempotent."""
         if self._thread is None or self._loop is None:
             return
-        loop = self._loop
+        loop, thread = self._loop, self._thread
+        self._thread = None
 
         async def shutdown() -> None:
             if self._runner is not None:
                 await self._runner.cleanup()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            await loop.shutdown_default_executor()  # media still being drawn
             loop.stop()
 
         asyncio.run_coroutine_threadsafe(shutdown(), loop)
-        self._thread.join(10)
-        loop.close()
-        self._thread = None
+        thread.join(10)
+        if not thread.is_alive():
+            loop.close()
+        self._runner = None
         self.url = ""
 
     def __enter__(self) -> Emulator:
@@ -215,41 +244,62 @@ class Emulator:
 
     def _call(self, fn: Any) -> Any:
         """Run `fn` on the emulator's loop (its state lives there)."""
-        assert self._loop is not None, "start the emulator first"
+        if self._loop is None or self._thread is None:
+            raise RuntimeError("start the emulator first")
+
         async def wrapped() -> Any:
             return fn()
+
         return asyncio.run_coroutine_threadsafe(wrapped(), self._loop).result(10)
 
     # --- inspection and control ------------------------------------------------------------
     @property
     def log(self) -> list[Record]:
+        """Every request received: method, path, query, has_authorization, status, time."""
         return list(self.state.log)
 
     @property
     def leaks(self) -> list[str]:
+        """Paths of output-file requests that carried credentials (they were refused with 403)."""
         return list(self.state.leaks)
 
     def set_fault(self, deployment: str, fault: str, count: int = 1, *, on: str = "",
                   **params: Any) -> None:
+        """Arm `fault` for the next `count` (-1: every) matching request to `deployment` ("*": any);
+        see faults.py for the names, their `on` defaults and params."""
         self.state.faults.add(Fault(fault, deployment, count, on, params))
 
     def clear_faults(self) -> None:
         self.state.faults.clear()
 
     def add_deployment(self, config: dict[str, Any]) -> None:
-        self._call(lambda: self._serverless.add(config))
+        """Add (or replace) a serverless deployment: a dict shaped like a deployments.json entry."""
+        entry = copy.deepcopy(config)
+        if self._serverless is not None and self._thread is not None:
+            self._call(lambda: self._serverless.add(entry))  # type: ignore[union-attr]
+        listed = self._config.setdefault("deployments", [])  # for a start to come, or a restart
+        listed[:] = [*(d for d in listed if d.get("id") != entry.get("id")), entry]
 
     def deployment_ids(self) -> list[str]:
-        return list(self._serverless.deployments) if self._serverless else []
+        if self._serverless is None:
+            return [d["id"] for d in self._config.get("deployments", [])]
+        return list(self._serverless.deployments)
 
     def deployment_config(self, deployment_id: str) -> dict[str, Any]:
+        if self._serverless is None:
+            raise RuntimeError("start the emulator first")
         return copy.deepcopy(self._serverless.deployments[deployment_id])
 
     def saved_workflow(self, deployment_id: str) -> dict[str, Any]:
-        return copy.deepcopy(self._serverless.deployments[deployment_id]["workflow"])
+        """The API-format workflow a ComfyUI deployment runs when no workflow_api_json is sent."""
+        return self.deployment_config(deployment_id)["workflow"]
 
     def requests_for(self, deployment_id: str) -> list[serverless.Request]:
-        return [r for r in self._serverless.requests.values() if r.deployment == deployment_id]
+        """The emulator's records of the deployment's requests, oldest first (.id, .status,
+        .created, .started_wall, .finished_wall, .instance_id, .body, ...)."""
+        if self._serverless is None:
+            return []
+        return [r for r in list(self._serverless.requests.values()) if r.deployment == deployment_id]
 
     # --- machines (Server API) and their ComfyUI ---------------------------------------------
     @property

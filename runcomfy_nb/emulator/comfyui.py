@@ -41,7 +41,7 @@ from aiohttp import WSMsgType, web
 
 from . import synth
 from .faults import Fault
-from .serverless import _read_workflow
+from .synth import workflow_params as _read_workflow
 
 VERSION = "0.3.64"
 MAX_HISTORY = 10_000
@@ -880,6 +880,14 @@ def _server_error() -> web.Response:
 
 
 # --- routes ------------------------------------------------------------------------------------
+
+# server_id -> the backend of that Ready machine, or None; provided by machines.register
+BACKENDS: web.AppKey[Callable[[str], ComfyUI | None]] = web.AppKey("comfyui_backends")
+
+
+def register(app: web.Application, state: Any) -> None:
+    """Mount every Ready machine's ComfyUI under `/machines/{server_id}` (after machines.register)."""
+    app.add_routes(routes(app[BACKENDS], state))
 
 
 def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.RouteTableDef:

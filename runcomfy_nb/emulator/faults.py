@@ -1,13 +1,32 @@
-"""Switchable faults: each applies to the next `count` matching requests (-1: all of them)."""
+"""Switchable faults: each applies to the next `count` matching requests (-1: all of them).
+
+A fault names a target (a deployment id, a server id, a workflow version id, or "*"), the operation it
+applies to (`on`; each fault has a default, see FAULTS) and its own params. Armed three ways:
+`Emulator.set_fault(target, name, count, on=..., **params)`, a deployment's `"faults": [...]` in the
+config (`{"fault": name, "count": ..., "on": ..., **params}`), or POST `/_emulator/faults`
+(`{"deployment": target, "fault": name, ...}`).
+
+Request faults (answered by `reply` before, or for `drop`/`delay` on a submit, after the request was
+processed): `rate_limit` (429 + `Retry-After: retry_after`), `server_error` (500), `http_error`
+(`status`, `error_code`, `message`), `body_error` (HTTP 200 carrying `error_code`/`message`), `drop`
+(the connection is closed without an answer), `delay` (`seconds` of real time before answering).
+Job faults: `job_fails` (`message`), `slow_queue` (`seconds` virtual, extra wait in the queue).
+Download faults: `truncate` (full Content-Length, half the bytes, then the connection closes).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
+
+from .envelope import error
+
 FAULTS = {
-    # name: the operations it applies to by default
+    # name: the operation it applies to unless `on` says otherwise
     "rate_limit": "any", "server_error": "any", "http_error": "any", "body_error": "submit",
     "drop": "submit", "delay": "submit", "job_fails": "submit", "slow_queue": "submit",
     "truncate": "download",
@@ -15,12 +34,14 @@ FAULTS = {
     "never_ready": "ready", "slow_ready": "ready", "ws_drop": "ws", "node_raises": "run",
 }
 OPERATIONS = {"submit", "status", "result", "cancel", "download", "ready", "ws", "run", "any"}
+REQUEST_FAULTS = {"rate_limit", "server_error", "http_error", "body_error", "drop", "delay"}
+_SPEC_KEYS = ("fault", "name", "deployment", "target", "count", "on")
 
 
 @dataclass
 class Fault:
     name: str
-    deployment: str = "*"
+    deployment: str = "*"  # the target: a deployment id, server id, workflow version id, or "*"
     count: int = 1
     on: str = ""
     params: dict[str, Any] = field(default_factory=dict)
@@ -31,6 +52,21 @@ class Fault:
         self.on = self.on or FAULTS[self.name]
         if self.on not in OPERATIONS:
             raise ValueError(f"unknown operation {self.on!r}; known: {', '.join(sorted(OPERATIONS))}")
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or (
+                self.count < 1 and self.count != -1):
+            raise ValueError(f"count must be a positive int or -1 (forever), not {self.count!r}")
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], target: str = "*") -> Fault:
+        """A fault from its JSON form, `{"fault": name, "count": 1, "on": ..., **params}`."""
+        if not isinstance(spec, dict):
+            raise ValueError("a fault is a JSON object")
+        name = spec.get("fault", spec.get("name"))
+        if not isinstance(name, str):
+            raise ValueError("a fault needs a name: {\"fault\": \"rate_limit\", ...}")
+        params = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
+        return cls(name, str(spec.get("deployment", spec.get("target", target))), spec.get("count", 1),
+                   spec.get("on", "") or "", params)
 
 
 class Faults:
@@ -48,11 +84,15 @@ class Faults:
         with self._lock:
             self._armed.clear()
 
-    def take(self, deployment: str, operation: str, names: set[str] | None = None) -> Fault | None:
+    def armed(self) -> list[Fault]:
+        with self._lock:
+            return list(self._armed)
+
+    def take(self, target: str, operation: str, names: set[str] | None = None) -> Fault | None:
         """The first armed fault matching, its count used up by one."""
         with self._lock:
             for fault in self._armed:
-                if (fault.deployment in ("*", deployment)
+                if (fault.deployment in ("*", target)
                         and fault.on in ("any", operation)
                         and (names is None or fault.name in names)):
                     if fault.count > 0:
@@ -61,3 +101,37 @@ class Faults:
                             self._armed.remove(fault)
                     return fault
         return None
+
+
+async def reply(request: web.Request, fault: Fault | None) -> web.StreamResponse | None:
+    """Apply a request fault: the answer to send instead of processing the request, or None to go on
+    (no fault, or a `delay` that has been waited out). A `drop` closes the connection and never
+    returns."""
+    if fault is None:
+        return None
+    params = fault.params
+    if fault.name == "rate_limit":
+        response = error(429, 429001, "Too many requests")
+        response.headers["Retry-After"] = str(params.get("retry_after", 1))
+        return response
+    if fault.name == "server_error":
+        return error(500, 500001, "Internal server error")
+    if fault.name == "http_error":
+        return error(int(params.get("status", 500)), int(params.get("error_code", 500001)),
+                     str(params.get("message", "Error")))
+    if fault.name == "body_error":
+        return error(200, int(params.get("error_code", params.get("code", 10001))),
+                     str(params.get("message", "InsufficientFunds: deployment disabled by balance")))
+    if fault.name == "drop":
+        drop(request)
+    if fault.name == "delay":
+        await asyncio.sleep(float(params.get("seconds", 1)))
+    return None
+
+
+def drop(request: web.Request) -> None:
+    """Close the connection without an answer (the client sees it end mid-exchange)."""
+    if request.transport is not None:
+        request.transport.abort()
+    # aiohttp treats a cancelled handler as a client that went away: nothing is written
+    raise asyncio.CancelledError

@@ -42,7 +42,10 @@ from typing import Any
 from aiohttp import web
 
 from . import comfyui
-from .serverless import REQUEST_FAULTS, _origin, _request_fault, error
+from .envelope import error
+from .envelope import origin as _origin
+from .faults import REQUEST_FAULTS
+from .faults import reply as _request_fault
 
 SERVER_TYPES = ("medium", "large", "extra-large", "2x-large", "2xl-turbo")
 DEFAULTS: dict[str, Any] = {
@@ -249,6 +252,23 @@ def _positive_int(value: Any) -> int | None:
     if isinstance(value, float) and not value.is_integer():
         return None
     return int(value) if value > 0 else None
+
+
+KEY = web.AppKey("machines", Machines)
+
+
+def register(app: web.Application, state: Any) -> None:
+    """Mount the Server API (bearer auth on `/prod/api/`) and hand comfyui.py the machines' backends."""
+    fleet = Machines(state, state.config)
+    app[KEY] = fleet
+    app[comfyui.BACKENDS] = fleet.backend
+    state.bearer_prefixes.append("/prod/api/")
+    app.add_routes(routes(fleet))
+
+    async def close_machines(app: web.Application) -> None:  # open WebSockets would stall cleanup
+        await fleet.shutdown()
+
+    app.on_shutdown.append(close_machines)
 
 
 def routes(machines: Machines) -> web.RouteTableDef:

@@ -1,13 +1,35 @@
 """The RunComfy Serverless API (ComfyUI-style and LoRA deployments), as api/serverless.md has it.
 
-Routes under `/prod/v1` and `/prod/v2`: POST `/deployments/{id}/inference`, GET
-`.../requests/{rid}/status`, GET `.../requests/{rid}/result`, POST `.../requests/{rid}/cancel`;
-output files at `/storage/output/{rid}/{filename}` (which refuse requests carrying credentials).
+Routes under `/prod/v1` and `/prod/v2` (bearer token): POST `/deployments/{id}/inference`, GET
+`.../requests/{rid}/status`, GET `.../requests/{rid}/result`, POST `.../requests/{rid}/cancel`; the
+absolute `*_url` fields echo the prefix and host the client used. Output files are served at
+`/storage/output/{rid}/{filename}`, without auth, and refuse (403, recorded in `Emulator.leaks`) any
+request that carries `Authorization` or `X-API-Key`.
 
-Default deployments (deployments.json): `dep-flux-kontext` (images: node 6 positive prompt, 31
-KSampler, 5 EmptyLatentImage with batch 2, 9 SaveImage, plus text node 38:42; one instance),
-`dep-animate` (an animated WebP under `gifs` of node 12), `dep-lora-portrait` (a LoRA schema,
-`output.images`), `dep-partner` (fails unless `extra_data.api_key_comfy_org` is sent).
+Default deployments (deployments.json; workflows from its "presets"):
+- `dep-flux-kontext` — ComfyUI, preset "image": 4 CheckpointLoaderSimple, 5 EmptyLatentImage
+  (512×512, batch_size 2), 6 CLIPTextEncode "CLIP Text Encode (Positive Prompt)", 7 CLIPTextEncode
+  (negative), 31 KSampler (seed, steps, cfg, sampler_name, scheduler, denoise + links), 8 VAEDecode,
+  9 SaveImage. Outputs: node 9 `images` (two PNGs) and text node `38:42` (a caption). 4 s, 1 instance.
+- `dep-animate` — ComfyUI, preset "video": 4, 6, 31 (seed 7), 40 EmptyHunyuanLatentVideo, 8,
+  12 VHS_VideoCombine. Output: node 12 `gifs` with one animated WebP (24 frames, 256×256). 5 s.
+- `dep-lora-portrait` — LoRA: flat body (`prompt` required, `ctrl_img_1` image_uri, `width`,
+  `height`, `guidance_scale`, `sample_steps`, `network_multiplier`, `neg`, `seed`, `sampler` enum,
+  `num_frames`, `fps`); result `output: {"images": [url, url]}`; cancellable only while queued. 4 s.
+- `dep-partner` — ComfyUI, preset "image", `needs_comfy_key`: without
+  `extra_data.api_key_comfy_org` the job is accepted, then fails. 3 s.
+
+A deployment entry: `id`, `type` ("comfyui" | "lora"), `preset` or `workflow` (comfyui), `schema`
+(lora), `run_seconds` (virtual, default 4), `jitter` (run time × uniform(1-j, 1+j), default 0),
+`queue_seconds` (extra pre-start wait per job), `instances` (workers, default 1), `status_style`
+("documented" | "live"), `needs_comfy_key`, `caption` (comfyui: add the `38:42` text output; default
+true), `faults` (armed at start, see faults.py).
+
+Status styles: "documented" — status says `completed` for success or failure and `cancelled`; cancel
+answers 202 `{"request_id", "status": "completed", "outcome": "cancelled" | "not_cancellable"}`.
+"live" — status says `succeeded` / `failed` / `canceled`; cancel answers 202 `{"request_id",
+"status": "cancellation_requested"}` (status reads `cancellation_requested` until the job is
+`canceled` 0.5 virtual s later) or `{"request_id", "status": "not_cancellable"}`.
 """
 
 from __future__ import annotations
@@ -15,48 +37,39 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import mimetypes
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
 
-from . import synth
-from .faults import Fault, Faults
+from . import faults as faults_
+from . import synth, validation
+from .envelope import error, iso, origin
+from .validation import Invalid
 
-REQUEST_FAULTS = {"rate_limit", "server_error", "http_error", "body_error", "drop", "delay"}
-JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds")
-
-
-def error(status: int, code: int, message: str, detail: Any = None) -> web.Response:
-    body: dict[str, Any] = {"error_code": code, "error_message": message}
-    if detail is not None:
-        body["detail"] = detail
-    return web.json_response(body, status=status)
-
-
-class Invalid(Exception):
-    def __init__(self, message: str, loc: list[str]) -> None:
-        super().__init__(message)
-        self.loc = loc
+CANCEL_SETTLE_SECONDS = 0.5  # "live" style: cancellation_requested → canceled, virtual seconds
+NEEDS_KEY = ("Partner node 'OpenAIImageNode' needs a Comfy API key: send extra_data.api_key_comfy_org "
+             "(a key from platform.comfy.org)")
+DEFAULT_FAILURE = "CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
 @dataclass
 class Request:
-    """One emulated serverless request."""
+    """One emulated serverless request. `status` is the emulator's own: in_queue, in_progress,
+    succeeded, failed or cancelled (the API's spellings are made from it). Times are wall-clock
+    epochs (`created`, `started_wall`, `finished_wall`)."""
 
     id: str
     deployment: str
     body: dict[str, Any]
-    workflow: dict[str, Any] | None
-    status: str = "in_queue"  # in_queue | in_progress | succeeded | failed | cancelled
+    workflow: dict[str, Any] | None  # what a ComfyUI deployment runs; None for LoRA
+    inputs: dict[str, Any] | None = None  # a LoRA request's inputs, schema defaults filled in
+    status: str = "in_queue"
     created: float = field(default_factory=time.time)
+    started_wall: float | None = None
     finished_wall: float | None = None
     instance_id: str | None = None
     fails_with: str | None = None
@@ -65,6 +78,29 @@ class Request:
     outputs: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    turn: asyncio.Future[str] | None = field(default=None, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class Pool:
+    """A deployment's instances: idle ones, and the requests waiting for one, first come first served."""
+
+    free: list[str]
+    line: list[Request] = field(default_factory=list)
+
+    def dispatch(self) -> None:
+        while self.free and self.line:
+            request = self.line.pop(0)
+            if request.turn is not None and not request.turn.done():
+                request.turn.set_result(self.free.pop(0))
+
+    def release(self, instance: str) -> None:
+        self.free.append(instance)
+        self.dispatch()
 
 
 class Serverless:
@@ -73,17 +109,20 @@ class Serverless:
     def __init__(self, state: Any) -> None:
         self.state = state
         self.deployments: dict[str, dict[str, Any]] = {}
-        self.slots: dict[str, asyncio.Semaphore] = {}
+        self.pools: dict[str, Pool] = {}
         self.requests: dict[str, Request] = {}
         self.files: dict[tuple[str, str], bytes] = {}
         self._instance = itertools.count(0x3F9A1C)
 
     @property
-    def faults(self) -> Faults:
+    def faults(self) -> faults_.Faults:
         return self.state.faults
 
     def add(self, config: dict[str, Any]) -> None:
+        """Add (or replace) a deployment from its config entry; ValueError if the entry is unusable."""
         config = copy.deepcopy(config)
+        if not isinstance(config.get("id"), str) or not config["id"]:
+            raise ValueError("a deployment needs an \"id\"")
         config.setdefault("type", "comfyui")
         config.setdefault("instances", 1)
         config.setdefault("run_seconds", 4.0)
@@ -92,90 +131,47 @@ class Serverless:
         config.setdefault("status_style", "documented")
         if config["type"] == "comfyui":
             preset = config.setdefault("preset", "image")
-            config.setdefault("workflow", copy.deepcopy(self.state.presets[preset]))
-        for fault in config.pop("faults", []):
-            self.faults.add(Fault(deployment=config["id"], **fault))
+            if "workflow" not in config:
+                if preset not in self.state.presets:
+                    raise ValueError(f"deployment {config['id']}: no preset {preset!r}")
+                config["workflow"] = copy.deepcopy(self.state.presets[preset])
+        elif config["type"] == "lora":
+            schema = config.setdefault("schema", {"properties": {"prompt": {"type": "string"}}})
+            for name, spec in schema.get("properties", {}).items():
+                if spec.get("type", "string") not in validation.JSON_TYPES:
+                    raise ValueError(f"deployment {config['id']}: {name} has an unknown type")
+        else:
+            raise ValueError(f"deployment {config['id']}: type must be \"comfyui\" or \"lora\"")
+        if config["status_style"] not in ("documented", "live"):
+            raise ValueError(f"deployment {config['id']}: status_style is \"documented\" or \"live\"")
+        if int(config["instances"]) < 1:
+            raise ValueError(f"deployment {config['id']}: instances must be at least 1")
+        for spec in config.pop("faults", []):
+            self.faults.add(faults_.Fault.from_spec(spec, config["id"]))
+        old = self.deployments.get(config["id"])
         self.deployments[config["id"]] = config
-        self.slots.pop(config["id"], None)
-
-    # --- validation ------------------------------------------------------------------------
-    def validate(self, dep: dict[str, Any], body: Any) -> dict[str, Any] | None:
-        """The workflow the request runs (None for LoRA), or raise Invalid."""
-        if not isinstance(body, dict):
-            raise Invalid("Request body must be a JSON object", ["body"])
-        if dep["type"] == "lora":
-            self._check_schema(dep["schema"], body)
-            return None
-        has_workflow, has_overrides = "workflow_api_json" in body, "overrides" in body
-        if has_workflow and has_overrides:
-            raise Invalid("Send workflow_api_json alone: omit overrides", ["body", "overrides"])
-        if has_workflow:
-            workflow = body["workflow_api_json"]
-            if isinstance(workflow, dict) and isinstance(workflow.get("nodes"), list) and "links" in workflow:
-                raise Invalid("workflow_api_json is in UI format (nodes/links); export the API format",
-                              ["body", "workflow_api_json"])
-            if not isinstance(workflow, dict) or not workflow or not all(
-                    isinstance(n, dict) and "class_type" in n for n in workflow.values()):
-                raise Invalid("workflow_api_json must be an API-format workflow",
-                              ["body", "workflow_api_json"])
-            return copy.deepcopy(workflow)
-        if not has_overrides:
-            raise Invalid("Field required: overrides (or workflow_api_json)", ["body", "overrides"])
-        overrides = body["overrides"]
-        if not isinstance(overrides, dict):
-            raise Invalid("overrides must be an object keyed by node id", ["body", "overrides"])
-        workflow = copy.deepcopy(dep["workflow"])
-        for node_id, patch in overrides.items():
-            loc = ["body", "overrides", node_id]
-            if node_id not in workflow:
-                raise Invalid(f"Node {node_id} is not in the deployment's workflow", loc)
-            if not isinstance(patch, dict) or not isinstance(patch.get("inputs"), dict):
-                raise Invalid("Each override must be {\"inputs\": {...}}", [*loc, "inputs"])
-            inputs = workflow[node_id]["inputs"]
-            for name, value in patch["inputs"].items():
-                if name not in inputs:
-                    raise Invalid(f"Node {node_id} ({workflow[node_id]['class_type']}) has no input "
-                                  f"'{name}'", [*loc, "inputs", name])
-                if not _same_type(inputs[name], value):
-                    raise Invalid(f"Input '{name}' of node {node_id} expects "
-                                  f"{type(inputs[name]).__name__}, got {type(value).__name__}",
-                                  [*loc, "inputs", name])
-                inputs[name] = value
-        return workflow
-
-    def _check_schema(self, schema: dict[str, Any], body: dict[str, Any]) -> None:
-        properties = schema.get("properties", {})
-        for name in schema.get("required", []):
-            if name not in body:
-                raise Invalid(f"Field required: {name}", ["body", name])
-        for name, value in body.items():
-            spec = properties.get(name)
-            if spec is None:
-                raise Invalid(f"Unknown field '{name}'", ["body", name])
-            kind = JSON_TYPES[spec.get("type", "string")]
-            if not isinstance(value, kind) or (isinstance(value, bool) and spec.get("type") != "boolean"):
-                raise Invalid(f"'{name}' must be of type {spec.get('type')}", ["body", name])
-            if "enum" in spec and value not in spec["enum"]:
-                raise Invalid(f"'{name}' must be one of {spec['enum']}", ["body", name])
-            low, high = spec.get("minimum"), spec.get("maximum")
-            if (low is not None and value < low) or (high is not None and value > high):
-                raise Invalid(f"'{name}' must be between {spec.get('minimum')} and {spec.get('maximum')}",
-                              ["body", name])
-            if spec.get("format") == "image_uri" and not str(value).startswith("https://"):
-                raise Invalid(f"'{name}' must be a public https URL", ["body", name])
+        if old is None or old["instances"] != config["instances"]:
+            # jobs already waiting keep the old pool; new ones use the new size
+            self.pools[config["id"]] = Pool([f"i-{next(self._instance):06x}"
+                                             for _ in range(int(config["instances"]))])
 
     # --- lifecycle -------------------------------------------------------------------------
-    def create(self, dep: dict[str, Any], body: dict[str, Any], workflow: dict[str, Any] | None) -> Request:
-        request = Request(id=str(uuid.uuid4()), deployment=dep["id"], body=body, workflow=workflow)
+    def create(self, dep: dict[str, Any], body: dict[str, Any]) -> Request:
+        """Validate the body (Invalid: a 422) and queue the request."""
+        if dep["type"] == "lora":
+            request = Request(str(uuid.uuid4()), dep["id"], body, None,
+                              inputs=validation.lora_inputs(dep["schema"], body))
+        else:
+            request = Request(str(uuid.uuid4()), dep["id"], body,
+                              validation.comfyui_workflow(dep["workflow"], body))
         failing = self.faults.take(dep["id"], "submit", {"job_fails"})
         if failing:
-            request.fails_with = failing.params.get(
-                "message", "CUDA out of memory. Tried to allocate 2.00 GiB")
+            request.fails_with = str(failing.params.get("message", DEFAULT_FAILURE))
         elif dep.get("needs_comfy_key") and not (body.get("extra_data") or {}).get("api_key_comfy_org"):
-            request.fails_with = ("Partner node 'OpenAIImageNode' needs a Comfy API key: send "
-                                  "extra_data.api_key_comfy_org")
+            request.fails_with = NEEDS_KEY
         slow = self.faults.take(dep["id"], "submit", {"slow_queue"})
-        request.extra_queue = dep["queue_seconds"] + (float(slow.params.get("seconds", 30)) if slow else 0)
+        request.extra_queue = float(dep["queue_seconds"]) + (
+            float(slow.params.get("seconds", 30)) if slow else 0.0)
         self.requests[request.id] = request
         request.task = asyncio.get_running_loop().create_task(self._run(dep, request))
         return request
@@ -184,158 +180,149 @@ class Serverless:
         clock = self.state.clock
         if request.extra_queue:
             await clock.sleep(request.extra_queue)
-        slots = self.slots.setdefault(dep["id"], asyncio.Semaphore(dep["instances"]))
-        async with slots:
-            request.status = "in_progress"
-            request.instance_id = f"i-{next(self._instance):06x}"
-            rng = synth._rng(request.id)
-            jitter = dep["jitter"]
-            await clock.sleep(dep["run_seconds"] * rng.uniform(1 - jitter, 1 + jitter))
-            if request.fails_with:
+        pool = self.pools[dep["id"]]
+        request.turn = asyncio.get_running_loop().create_future()
+        pool.line.append(request)
+        pool.dispatch()
+        try:
+            instance = await request.turn
+        except asyncio.CancelledError:
+            if request in pool.line:
+                pool.line.remove(request)
+            if request.turn.done() and not request.turn.cancelled():
+                pool.release(request.turn.result())
+            raise
+        try:
+            request.status, request.instance_id = "in_progress", instance
+            request.started_wall = time.time()
+            jitter = float(dep["jitter"])
+            await clock.sleep(float(dep["run_seconds"]) * synth._rng(request.id).uniform(1 - jitter,
+                                                                                      1 + jitter))
+            if request.fails_with is None:
+                try:  # Pillow off the loop: other requests are answered meanwhile
+                    outputs, files = await asyncio.to_thread(self._make_outputs, dep, request)
+                except Exception as exc:
+                    request.fails_with = f"{type(exc).__name__}: {exc}"
+                else:
+                    self.files.update(files)
+                    request.outputs, request.status = outputs, "succeeded"
+            if request.fails_with is not None:
                 request.error = {"type": "execution_error", "message": request.fails_with}
                 request.status = "failed"
-            else:
-                request.outputs = self._make_outputs(dep, request)
-                request.status = "succeeded"
-            request.finished_wall = time.time()
+            request.finished_wall = time.time()  # the real moment the result became available
+        finally:
+            pool.release(instance)
 
     def queue_position(self, request: Request) -> int:
-        waiting = [r for r in self.requests.values()
-                   if r.deployment == request.deployment and r.status == "in_queue"]
-        return sorted(waiting, key=lambda r: r.created).index(request)
+        """0 = next to start. Requests still in their extra pre-queue wait come after the line."""
+        pool = self.pools[request.deployment]
+        if request.turn is not None and request.turn.done():
+            return 0  # an instance is assigned; it starts on the loop's next turn
+        if request in pool.line:
+            return pool.line.index(request)
+        waiting = [r for r in self.requests.values() if r.deployment == request.deployment
+                   and r.status == "in_queue" and not r.cancel_pending and r.turn is None]
+        return len(pool.line) + (waiting.index(request) if request in waiting else 0)
 
     def cancel(self, dep: dict[str, Any], request: Request) -> bool:
+        """Whether the cancel is accepted: ComfyUI deployments cancel queued or running requests,
+        LoRA deployments queued ones only."""
+        if request.cancel_pending:
+            return True
         cancellable = request.status == "in_queue" or (
             request.status == "in_progress" and dep["type"] == "comfyui")
         if not cancellable:
             return False
-        if request.task:
+        if request.task is not None:
             request.task.cancel()
-        if dep["status_style"] == "live":
-            request.cancel_pending = True
+        if dep["status_style"] != "live":
+            request.status, request.finished_wall = "cancelled", time.time()
+            return True
+        request.cancel_pending = True
 
-            async def settle() -> None:
-                await self.state.clock.sleep(0.5)
-                request.status, request.cancel_pending = "cancelled", False
-                request.finished_wall = time.time()
-
-            asyncio.get_running_loop().create_task(settle())
-        else:
-            request.status = "cancelled"
+        async def settle() -> None:
+            await self.state.clock.sleep(CANCEL_SETTLE_SECONDS)
+            request.status, request.cancel_pending = "cancelled", False
             request.finished_wall = time.time()
+
+        asyncio.get_running_loop().create_task(settle())
         return True
 
-    # --- media -----------------------------------------------------------------------------
-    def _make_outputs(self, dep: dict[str, Any], request: Request) -> dict[str, Any]:
+    # --- media (runs in a worker thread) ---------------------------------------------------
+    def _make_outputs(self, dep: dict[str, Any],
+                      request: Request) -> tuple[dict[str, Any], dict[tuple[str, str], bytes]]:
+        files: dict[tuple[str, str], bytes] = {}
+
+        def store(filename: str, data: bytes) -> str:
+            files[(request.id, filename)] = data
+            return f"{{origin}}/storage/output/{request.id}/{filename}"
+
+        def item(filename: str, data: bytes, **extra: Any) -> dict[str, Any]:
+            return {"url": store(filename, data), "filename": filename, "subfolder": "", "type": "output",
+                    **extra}
+
         if dep["type"] == "lora":
-            body = request.body
-            names = []
-            for index in range(2):
-                data = synth.image(body.get("seed", 0), body.get("prompt", ""), body.get("width", 512),
-                                   body.get("height", 512), index)
-                names.append(self._store(request, f"output-{index + 1}.png", data))
-            return {"images": names}
-        params = _read_workflow(request.workflow or {})
+            inputs = request.inputs or {}
+            seed = inputs.get("seed", 0)
+            urls = [store(f"output-{n + 1}.png",
+                          synth.image(seed, str(inputs.get("prompt", "")), inputs.get("width", 512),
+                                      inputs.get("height", 512), n))
+                    for n in range(2)]
+            return {"images": urls}, files
+        params = synth.workflow_params(request.workflow or {})
         if dep.get("preset") == "video":
             data = synth.animation(params["seed"], params["prompt"])
-            return {params["save_node"]: {"gifs": [self._item(request, "ComfyUI_00001_.webp", data)]}}
-        images = [self._item(request, f"ComfyUI_{n + 1:05d}_.png",
-                             synth.image(params["seed"], params["prompt"], params["width"],
-                                         params["height"], n))
+            video = item("ComfyUI_00001_.webp", data, format="image/webp", frame_rate=12)
+            return {params["save_node"]: {"gifs": [video]}}, files
+        images = [item(f"ComfyUI_{n + 1:05d}_.png", synth.image(params["seed"], params["prompt"],
+                                                                params["width"], params["height"], n))
                   for n in range(params["batch"])]
         outputs: dict[str, Any] = {params["save_node"]: {"images": images}}
         if dep.get("caption", True):
             outputs["38:42"] = {"text": [[f"a caption of: {params['prompt'][:60]}"]]}
-        return outputs
-
-    def _store(self, request: Request, filename: str, data: bytes) -> str:
-        self.files[(request.id, filename)] = data
-        return f"{{origin}}/storage/output/{request.id}/{filename}"
-
-    def _item(self, request: Request, filename: str, data: bytes) -> dict[str, Any]:
-        return {"url": self._store(request, filename, data), "filename": filename,
-                "subfolder": "", "type": "output"}
-
-
-def _same_type(saved: Any, value: Any) -> bool:
-    if isinstance(saved, list):  # a link: replacing it with a value is allowed
-        return True
-    if isinstance(saved, bool) or isinstance(value, bool):
-        return isinstance(saved, bool) and isinstance(value, bool)
-    if isinstance(saved, (int, float)):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(saved))
-
-
-def _read_workflow(workflow: dict[str, Any]) -> dict[str, Any]:
-    """Seed, prompt, size, batch and the save node of an API-format workflow."""
-    params: dict[str, Any] = {"seed": 0, "prompt": "", "width": 512, "height": 512, "batch": 1,
-                              "save_node": "9"}
-    prompts = {}
-    for node_id, node in workflow.items():
-        inputs, kind = node.get("inputs", {}), node.get("class_type", "")
-        if "KSampler" in kind:
-            seed = inputs.get("seed", inputs.get("noise_seed", 0))
-            params["seed"] = seed if isinstance(seed, int) else 0
-            positive = inputs.get("positive")
-            params["positive"] = positive[0] if isinstance(positive, list) else None
-        elif kind == "CLIPTextEncode" and isinstance(inputs.get("text"), str):
-            prompts[node_id] = inputs["text"]
-        elif kind.startswith("EmptyLatentImage") or kind == "EmptySD3LatentImage":
-            params["width"], params["height"] = inputs.get("width", 512), inputs.get("height", 512)
-            params["batch"] = max(1, min(int(inputs.get("batch_size", 1)), 4))
-        elif kind.startswith("Save") or kind.startswith("VHS_VideoCombine"):
-            params["save_node"] = node_id
-    params["prompt"] = prompts.get(params.pop("positive", None) or "", next(iter(prompts.values()), ""))
-    return params
+        return outputs, files
 
 
 # --- routes ------------------------------------------------------------------------------------
 
+KEY = web.AppKey("serverless", Serverless)
 
-def _origin(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}"
+
+def register(app: web.Application, state: Any) -> None:
+    """Mount the serverless API: the config's deployments, its routes, bearer auth on `/prod/v1|v2`."""
+    serverless = Serverless(state)
+    for entry in state.config.get("deployments", []):
+        serverless.add(entry)
+    app[KEY] = serverless
+    state.bearer_prefixes.extend(["/prod/v1/", "/prod/v2/"])
+    app.add_routes(routes(serverless))
 
 
 def _urls(request: web.Request, prefix: str, dep_id: str, rid: str) -> dict[str, str]:
-    base = f"{_origin(request)}/prod/{prefix}/deployments/{dep_id}/requests/{rid}"
+    base = f"{origin(request)}/prod/{prefix}/deployments/{dep_id}/requests/{rid}"
     return {"status_url": f"{base}/status", "result_url": f"{base}/result", "cancel_url": f"{base}/cancel"}
 
 
-def _fill(value: Any, origin: str) -> Any:
+def _fill(value: Any, host: str) -> Any:
+    """Outputs hold `{origin}/storage/...`: absolute URLs follow the host each client used."""
     if isinstance(value, str):
-        return value.replace("{origin}", origin)
+        return value.replace("{origin}", host)
     if isinstance(value, list):
-        return [_fill(v, origin) for v in value]
+        return [_fill(v, host) for v in value]
     if isinstance(value, dict):
-        return {k: _fill(v, origin) for k, v in value.items()}
+        return {k: _fill(v, host) for k, v in value.items()}
     return value
 
 
-async def _request_fault(request: web.Request, fault: Fault | None) -> web.StreamResponse | None:
-    if fault is None:
-        return None
-    params = fault.params
-    if fault.name == "rate_limit":
-        response = error(429, 429001, "Too many requests")
-        response.headers["Retry-After"] = str(params.get("retry_after", 1))
-        return response
-    if fault.name == "server_error":
-        return error(500, 500001, "Internal server error")
-    if fault.name == "http_error":
-        return error(int(params.get("status", 500)), int(params.get("error_code", 500001)),
-                     params.get("message", "Error"))
-    if fault.name == "body_error":
-        return web.json_response({"error_code": int(params.get("error_code", 10001)),
-                                  "error_message": params.get(
-                                      "message", "InsufficientFunds: deployment disabled by balance")})
-    if fault.name == "drop":
-        if request.transport is not None:
-            request.transport.abort()
-        raise asyncio.CancelledError
-    if fault.name == "delay":
-        await asyncio.sleep(float(params.get("seconds", 1)))
-    return None
+def _status_word(dep: dict[str, Any], job: Request) -> str:
+    live = dep["status_style"] == "live"
+    if job.cancel_pending:
+        return "cancellation_requested"
+    if job.status in ("succeeded", "failed"):
+        return job.status if live else "completed"
+    if job.status == "cancelled" and live:
+        return "canceled"
+    return job.status
 
 
 def routes(serverless: Serverless) -> web.RouteTableDef:
@@ -351,7 +338,8 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
         dep, missing = lookup(request)
         if missing:
             return None, None, missing
-        if (reply := await _request_fault(request, faults.take(dep["id"], operation, REQUEST_FAULTS))):
+        if reply := await faults_.reply(request, faults.take(dep["id"], operation,
+                                                              faults_.REQUEST_FAULTS)):
             return None, None, reply
         job = serverless.requests.get(request.match_info["rid"])
         if job is None or job.deployment != dep["id"]:
@@ -366,21 +354,19 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
             dep, missing = lookup(request)
             if missing:
                 return missing
-            fault = faults.take(dep["id"], "submit", REQUEST_FAULTS)
+            fault = faults.take(dep["id"], "submit", faults_.REQUEST_FAULTS)
             if fault and fault.name not in ("drop", "delay"):
-                return await _request_fault(request, fault)  # type: ignore[return-value]
+                return await faults_.reply(request, fault)  # type: ignore[return-value]
             try:
                 body = await request.json()
             except ValueError:
                 return error(422, 422001, "Request body is not valid JSON",
-                             [{"loc": ["body"], "msg": "invalid JSON"}])
+                             [{"loc": ["body"], "msg": "invalid JSON", "type": "value_error.jsondecode"}])
             try:
-                workflow = serverless.validate(dep, body)
+                job = serverless.create(dep, body)
             except Invalid as exc:
-                return error(422, 422001, str(exc),
-                             [{"loc": exc.loc, "msg": str(exc), "type": "value_error"}])
-            job = serverless.create(dep, body, workflow)
-            await _request_fault(request, fault)  # drop / delay happen after the job was taken
+                return error(422, 422001, str(exc), exc.detail())
+            await faults_.reply(request, fault)  # drop / delay happen after the job was taken
             return web.json_response({"request_id": job.id, **_urls(request, prefix, dep["id"], job.id)})
 
         @table.get(f"{base}/requests/{{rid}}/status")
@@ -388,18 +374,10 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
             dep, job, refusal = await target(request, "status")
             if refusal:
                 return refusal
-            live = dep["status_style"] == "live"
-            state = job.status
-            if job.cancel_pending:
-                state = "cancellation_requested" if live else "in_progress"
-            elif state in ("succeeded", "failed"):
-                state = state if live else "completed"
-            elif state == "cancelled" and live:
-                state = "canceled"
-            body: dict[str, Any] = {"request_id": job.id, "status": state,
+            body: dict[str, Any] = {"request_id": job.id, "status": _status_word(dep, job),
                                     **_urls(request, prefix, dep["id"], job.id)}
-            body.pop("cancel_url")
-            if job.status == "in_queue":
+            del body["cancel_url"]
+            if job.status == "in_queue" and not job.cancel_pending:
                 body["queue_position"] = serverless.queue_position(job)
             if job.instance_id:
                 body["instance_id"] = job.instance_id
@@ -410,15 +388,13 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
             dep, job, refusal = await target(request, "result")
             if refusal:
                 return refusal
-            state = job.status
-            if state == "cancelled" and dep["status_style"] == "live":
-                state = "canceled"
+            state = "canceled" if job.status == "cancelled" and dep["status_style"] == "live" else job.status
             body: dict[str, Any] = {"request_id": job.id, "status": state, "created_at": iso(job.created)}
-            if job.finished_wall is not None:
+            if job.done and job.finished_wall is not None:
                 body["finished_at"] = iso(job.finished_wall)
             if job.status == "succeeded":
                 key = "output" if dep["type"] == "lora" else "outputs"
-                body[key] = _fill(job.outputs, _origin(request))
+                body[key] = _fill(job.outputs, origin(request))
                 if job.instance_id and dep["type"] != "lora":
                     body["instance_id"] = job.instance_id
             elif job.status == "failed":
@@ -441,20 +417,22 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
     async def output_file(request: web.Request) -> web.StreamResponse:
         if "Authorization" in request.headers or "X-API-Key" in request.headers:
             serverless.state.leaks.append(request.path)
-            return web.json_response({"message": "Credentials must not be sent to output URLs"}, status=403)
-        data = serverless.files.get((request.match_info["rid"], request.match_info["filename"]))
+            return web.json_response({"message": "Credentials must not be sent to output URLs"},
+                                     status=403)
+        rid, filename = request.match_info["rid"], request.match_info["filename"]
+        data = serverless.files.get((rid, filename))
         if data is None:
             return web.json_response({"message": "Not found"}, status=404)
-        job = serverless.requests.get(request.match_info["rid"])
-        content_type = "image/webp" if request.match_info["filename"].endswith(".webp") else "image/png"
+        job = serverless.requests.get(rid)
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        if filename.endswith(".webp"):
+            content_type = "image/webp"  # not in every platform's mimetypes table
         if faults.take(job.deployment if job else "*", "download", {"truncate"}):
             response = web.StreamResponse(headers={"Content-Type": content_type})
             response.content_length = len(data)
             await response.prepare(request)
             await response.write(data[: len(data) // 2])
-            if request.transport is not None:
-                request.transport.abort()
-            raise asyncio.CancelledError
+            faults_.drop(request)
         return web.Response(body=data, content_type=content_type)
 
     return table

@@ -6,8 +6,11 @@ import functools
 import hashlib
 import io
 import random
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+MAX_SIDE, MAX_BATCH = 1024, 4
 
 
 def _rng(*parts: object) -> random.Random:
@@ -42,7 +45,7 @@ def _wrap(text: str, width: int) -> list[str]:
 
 def image(seed: int, prompt: str, width: int = 512, height: int = 512, index: int = 0) -> bytes:
     """A PNG made only from its arguments: same inputs, same bytes."""
-    width, height = max(64, min(int(width), 1024)), max(64, min(int(height), 1024))
+    width, height = max(64, min(int(width), MAX_SIDE)), max(64, min(int(height), MAX_SIDE))
     rng = _rng(seed, prompt, width, height, index)
     picture = _background((width, height), rng)
     draw = ImageDraw.Draw(picture, "RGBA")
@@ -106,3 +109,44 @@ def preview(seed: int, prompt: str, width: int, height: int, step: int, steps: i
     out = io.BytesIO()
     frame.save(out, "JPEG", quality=80)
     return out.getvalue()
+
+
+def _int(value: Any, default: int) -> int:
+    if isinstance(value, bool):
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
+def workflow_params(workflow: dict[str, Any]) -> dict[str, Any]:
+    """What the synthetic outputs of an API-format workflow are made from: `seed` (a KSampler-like
+    `seed`/`noise_seed`), `prompt` (the `text` of the sampler's positive CLIPTextEncode, else the
+    first one), `width`/`height`/`batch` (an EmptyLatentImage-like node; capped at 1024 and 4) and
+    `save_node` (the last Save*/VHS_VideoCombine node). Never raises: odd values fall back."""
+    params: dict[str, Any] = {"seed": 0, "prompt": "", "width": 512, "height": 512, "batch": 1,
+                              "save_node": "9"}
+    prompts: dict[str, str] = {}
+    positive = None
+    seeded = False
+    for node_id, node in (workflow.items() if isinstance(workflow, dict) else ()):
+        if not isinstance(node, dict):
+            continue
+        inputs, kind = node.get("inputs"), str(node.get("class_type", ""))
+        inputs = inputs if isinstance(inputs, dict) else {}
+        seed = inputs.get("seed", inputs.get("noise_seed"))
+        if isinstance(seed, int) and not isinstance(seed, bool) and ("Sampler" in kind or not seeded):
+            params["seed"], seeded = seed, seeded or "Sampler" in kind
+        if "KSampler" in kind and isinstance(inputs.get("positive"), list) and inputs["positive"]:
+            positive = str(inputs["positive"][0])
+        if kind.startswith("CLIPTextEncode") and isinstance(inputs.get("text"), str):
+            prompts[str(node_id)] = inputs["text"]
+        elif kind.startswith("EmptyLatentImage") or kind == "EmptySD3LatentImage":
+            params["width"] = max(64, min(_int(inputs.get("width"), 512), MAX_SIDE))
+            params["height"] = max(64, min(_int(inputs.get("height"), 512), MAX_SIDE))
+            params["batch"] = max(1, min(_int(inputs.get("batch_size"), 1), MAX_BATCH))
+        elif kind.startswith("Save") or kind.startswith("VHS_VideoCombine"):
+            params["save_node"] = str(node_id)
+    params["prompt"] = prompts.get(positive or "", next(iter(prompts.values()), ""))
+    return params

@@ -1,0 +1,26 @@
+"""Reply shapes the RunComfy APIs share: the error envelope, timestamps, absolute URLs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+
+def error(status: int, code: int | str, message: str, detail: Any = None) -> web.Response:
+    """`{"error_code": ..., "error_message": ..., ["detail": ...]}` with HTTP `status`."""
+    body: dict[str, Any] = {"error_code": code, "error_message": message}
+    if detail is not None:
+        body["detail"] = detail
+    return web.json_response(body, status=status)
+
+
+def iso(ts: float) -> str:
+    """A wall-clock epoch as the serverless API writes it: UTC, no offset, microseconds."""
+    return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def origin(request: web.Request) -> str:
+    """`scheme://host[:port]` as the client addressed us: absolute URLs in replies start with it."""
+    return f"{request.scheme}://{request.host}"
