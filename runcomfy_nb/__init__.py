@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AsyncRunComfy": "client",
     "RunComfy": "facade",
+    "AsyncComfyUI": "clients.comfyui",
+    "ComfyUI": "facade",
     "Config": "config",
     "Secret": "config",
     "Job": "jobs",
@@ -36,6 +38,7 @@ __all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension", 
 
 if TYPE_CHECKING:
     from .client import AsyncRunComfy
+    from .clients.comfyui import AsyncComfyUI
     from .config import Config, Secret
     from .emulator import Emulator
     from .errors import (
@@ -57,7 +60,7 @@ if TYPE_CHECKING:
         TransportError,
         ValidationError,
     )
-    from .facade import RunComfy
+    from .facade import ComfyUI, RunComfy
     from .jobs import Job, JobResult, Status
     from .media import Media
     from .widgets import Gallery, JobProgress

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from .client import AsyncRunComfy
+from .clients.comfyui import AsyncComfyUI
 from .sync import blocking_class
 
 RunComfy = blocking_class(
     AsyncRunComfy, "The RunComfy APIs, blocking: `AsyncRunComfy` run on a background loop."
 )
 
-__all__ = ["RunComfy"]
+ComfyUI = blocking_class(
+    AsyncComfyUI, "Any ComfyUI server, blocking: `AsyncComfyUI` run on a background loop."
+)
+
+__all__ = ["ComfyUI", "RunComfy"]

@@ -73,6 +73,7 @@ class Progress(Event):
 class Preview(Event):
     data: bytes = field(repr=False)
     mime: str = "image/jpeg"
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,8 @@ class Job:
         self.position: int | None = None
         self.progress: tuple[float, float] | None = None
         self.node: str | None = None
+        self.nodes_total: int | None = None  # set by backends that know the graph (ComfyUI)
+        self.nodes_done = 0
         self.error: Exception | None = None
         self.submitted_at = time.time()
         self.started_at: float | None = None

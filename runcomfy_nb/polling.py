@@ -25,9 +25,11 @@ class DurationModel:
             self.samples.append(seconds)
 
     def bounds(self) -> tuple[float, float] | None:
+        """(low, high) run time to plan polls with; `low` is widened while samples are few."""
         if not self.samples:
             return None
-        return min(self.samples) * 0.97, max(self.samples)
+        margin = 0.35 / len(self.samples) ** 0.5
+        return min(self.samples) * (1 - margin), max(self.samples)
 
 
 class PollPlan:
@@ -62,7 +64,7 @@ class PollPlan:
             return self._backoff()
         low, high = bounds
         due = self.origin + low + self.gap
-        if t < due - 1e-3:
+        if t < due - 0.05:  # timers may wake a little early: never poll twice in a row for that
             return due - t
         if t <= self.origin + high + self.gap:
             return self.gap

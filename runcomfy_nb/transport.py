@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -37,6 +39,21 @@ from .errors import (
 from .media import Media
 
 USER_AGENT = f"runcomfy_nb/{__version__}"
+_URL = re.compile(r"\b(?:https?|wss?)://\S+|(?<=host=)'[^']*'|(?<=host=)\"[^\"]*\"")
+
+
+class _RedactURLs(logging.Filter):
+    """httpx and httpcore log request URLs; a machine's URL grants access, so none is logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = _URL.sub("<url>", record.getMessage())
+        record.args = None
+        return True
+
+
+for _name in ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy",
+              "websockets.client"):
+    logging.getLogger(_name).addFilter(_RedactURLs())
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 MAX_RETRY_AFTER = 30.0
 
@@ -100,10 +117,10 @@ def api_error(status: int, body: Any, headers: Mapping[str, str], service: str) 
     reason = f"{text} ({detail})" if detail and detail not in text else text
     kw: dict[str, Any] = {"status": status, "code": code, "detail": body}
     if kind in (401, 403):
-        what = "rejected the token" if kind == 401 else "refused access"
-        return AuthError(
-            f"{service} {what} ({kind}{'' if not reason else ': ' + reason}). Check RUNCOMFY_TOKEN "
-            "(Token1 or Token2 from your RunComfy profile) and that the resource is yours.", **kw)
+        what = "rejected the credentials" if kind == 401 else "refused access"
+        hint = (" Check RUNCOMFY_TOKEN (Token1 or Token2 from your RunComfy profile) and that the "
+                "resource is yours." if service.startswith("RunComfy") else "")
+        return AuthError(f"{service} {what} ({kind}{'' if not reason else ': ' + reason}).{hint}", **kw)
     if kind == 402:
         return PaymentRequired(
             f"{service}: insufficient balance ({reason or 'payment required'}). "

@@ -98,3 +98,31 @@ def test_kernel_exit_stops_its_machines(tmp_path) -> None:  # type: ignore[no-un
             time.sleep(0.2)
         running = [m for m in emu.machines() if m["status"] in ("Starting", "Ready")]
         assert len(running) == 1  # the one marked --keep
+
+
+def test_prompt_on_a_machine(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from PIL import Image
+
+    versions = [w.version_id for w in SESSION.client.machines.workflows()]
+    ok, text = cell(ip, f"%runcomfy launch {versions[0]} --type medium --duration 1h --wait --out pm",
+                    capsys)
+    assert ok, text
+    machine = ip.user_ns["pm"]
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(SESSION.emulator.machine_workflow(versions[0])))
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), "red").save(picture)
+    ok, text = cell(ip, "%%runcomfy prompt --workflow " + str(workflow) + " --upload " + str(picture)
+                    + " --out pr\n31.seed = 5\nKSampler.steps = 3\n", capsys)
+    assert ok, text
+    result = ip.user_ns["pr"]
+    assert result.images and SESSION.emulator.comfy_url(machine.id) not in text
+    ok, text = cell(ip, "%%runcomfy prompt\n31.seed = 5\n", capsys)
+    assert not ok and "--workflow" in text and "Traceback" not in text
+    ok, text = cell(ip, f"%runcomfy connect {machine.id[:8]}", capsys)
+    assert ok and "ComfyUI target" in text
+    ok, text = cell(ip, '%%runcomfy prompt\n{"1": {"class_type": "NoSuchNode", "inputs": {}}}\n', capsys)
+    assert not ok and "NoSuchNode" in text and "Traceback" not in text
+    cell(ip, f"%runcomfy stop {machine.id[:8]}", capsys)

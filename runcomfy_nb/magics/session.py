@@ -7,7 +7,8 @@ from typing import Any
 
 from .. import sync
 from ..config import Config
-from ..facade import RunComfy
+from ..errors import ValidationError
+from ..facade import ComfyUI, RunComfy
 
 _ENV_KEYS = ("RUNCOMFY_TOKEN", "RUNCOMFY_BASE_URL", "RUNCOMFY_MODEL_API_URL", "COMFY_CLOUD_URL",
              "RUNCOMFY_USER_ID")
@@ -20,6 +21,7 @@ class Session:
         self.emulator: Any = None
         self.comfy_target: str | None = None  # a machine id or a ComfyUI URL for %%runcomfy prompt
         self.exit_hook = False
+        self._comfy: dict[str, Any] = {}
         self._saved_env: dict[str, str | None] = {}
 
     @property
@@ -29,10 +31,29 @@ class Session:
             self._client = RunComfy(config=self.config)
         return self._client
 
+    def comfy(self, target: str | None = None) -> Any:
+        """A blocking ComfyUI client for a machine id or a URL (default: `%runcomfy connect`'s)."""
+        target = target or self.comfy_target
+        if not target:
+            raise ValidationError("No ComfyUI target: pass --machine ID or --url URL, or run "
+                                  "`%runcomfy connect ID|URL` first.")
+        if target not in self._comfy:
+            if target.startswith(("http://", "https://")):
+                url: Any = target
+            else:
+                machines = self.client.machines
+                info = machines.status(sync.call(lambda: sync.unwrap(machines).find(target)))
+                if info.state != "ready" or info.url is None:
+                    raise ValidationError(f"Machine {target[:8]} is {info.state}, not ready.")
+                url = info.url
+            self._comfy[target] = ComfyUI(url)
+        return self._comfy[target]
+
     def use(self, config: Config) -> None:
         if self._client is not None:
             sync.run(sync.unwrap(self._client).aclose())
         self._client = None
+        self._comfy.clear()
         self.config = config
 
     def point_env_at(self, values: dict[str, str]) -> None:
