@@ -128,6 +128,11 @@ class Blocking:
             def iterate(*args: Any, **kwargs: Any) -> Iterator[Any]:
                 return _iterate(call(lambda: value(*args, **kwargs)))
             return iterate
+        if inspect.ismethod(value):  # a plain method may return an async object too
+            @functools.wraps(value)
+            def plain(*args: Any, **kwargs: Any) -> Any:
+                return wrap(call(lambda: value(*args, **kwargs)))
+            return plain
         return wrap(value)
 
     def __setattr__(self, name: str, value: Any) -> None:

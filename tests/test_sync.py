@@ -86,3 +86,19 @@ def test_blocking_call_from_inside_the_loop_is_refused() -> None:
 
     with pytest.raises(RuntimeError, match="inside its own event loop"):
         sync.run(inner())
+
+
+def test_plain_methods_returning_async_objects_are_wrapped() -> None:
+    class Inner:
+        async def ping(self) -> str:
+            return "pong"
+
+    class Outer:
+        def make(self) -> Inner:
+            return Inner()
+
+        async def noop(self) -> None: ...
+
+    outer = sync.wrap(Outer())
+    assert isinstance(outer, sync.Blocking)
+    assert outer.make().ping() == "pong"
