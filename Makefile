@@ -35,6 +35,7 @@ test: $(READY) chromium lint
 
 bench: $(READY)
 	$(BIN)/python benchmarks/polling.py
+	$(BIN)/python benchmarks/comfyui_ws.py
 
 clean:
 	rm -rf $(VENV) build

@@ -159,8 +159,8 @@ class Machines:
         cost = f" (about ${price:.2f}/h)" if price else ""
         self._notify(
             f"Machine {machine.id[:8]} ({server_type}) is starting. It bills from Ready until "
-            f"stopped{cost}, for at most {seconds / 3600:.2f} h; stop it with "
-            f"`%runcomfy stop {machine.id[:8]}` or `await machine.stop()`."
+            f"stopped{cost} and stops itself {seconds / 3600:.2f} h after Ready; stop it sooner "
+            f"with `%runcomfy stop {machine.id[:8]}` or `machine.stop()`."
         )
         return machine
 
