@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ import struct
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -900,6 +901,20 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
             state.leaks.append(request.path)  # served anyway (ComfyUI ignores it), but it is a leak
         return backend_for(request.match_info["server_id"])
 
+    def with_backend(
+        handler: Callable[[web.Request, ComfyUI], Awaitable[web.StreamResponse]],
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """Resolve the machine a route names; an unknown or not-Ready one gets an empty 404."""
+
+        @functools.wraps(handler)
+        async def resolved(request: web.Request) -> web.StreamResponse:
+            backend = find(request)
+            if backend is None:
+                return web.Response(status=404)
+            return await handler(request, backend)
+
+        return resolved
+
     async def fault(request: web.Request, backend: ComfyUI, operation: str,
                     names: set[str] | None = None) -> web.StreamResponse | None:
         found = faults.take(backend.server_id, operation, names or BACKEND_FAULTS)
@@ -920,10 +935,8 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
     for prefix in ("/machines/{server_id}", "/machines/{server_id}/api"):
 
         @table.post(f"{prefix}/prompt")
-        async def post_prompt(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def post_prompt(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             if (reply := await fault(request, backend, "submit")):
                 return reply
             try:
@@ -952,70 +965,52 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
             return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": valid[3]})
 
         @table.get(f"{prefix}/prompt")
-        async def get_prompt(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def get_prompt(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             return web.json_response(backend.queue_info())
 
         @table.get(f"{prefix}/object_info")
-        async def object_info(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def object_info(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             return web.json_response(backend.schemas())
 
         @table.get(f"{prefix}/object_info/{{node_class}}")
-        async def object_info_one(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def object_info_one(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             name = request.match_info["node_class"]
             schemas = backend.schemas()
             return web.json_response({name: schemas[name]} if name in schemas else {})
 
         @table.get(f"{prefix}/system_stats")
-        async def system_stats(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def system_stats(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             return web.json_response(backend.system_stats())
 
         @table.get(f"{prefix}/features")
-        async def features(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def features(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             return web.json_response(backend.features())
 
         @table.post(f"{prefix}/upload/image")
-        async def upload_image(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def upload_image(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             return await _upload(request, backend, mask=False)
 
         @table.post(f"{prefix}/upload/mask")
-        async def upload_mask(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def upload_mask(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             return await _upload(request, backend, mask=True)
 
         @table.get(f"{prefix}/view")
-        async def view(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def view(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             if (reply := await fault(request, backend, "download")):
                 return reply
             return await _view(request, backend, faults)
 
         @table.get(f"{prefix}/history")
-        async def history(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def history(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             if (reply := await fault(request, backend, "status")):
                 return reply
             try:
@@ -1026,10 +1021,8 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
             return web.json_response(backend.get_history(max_items, offset))
 
         @table.get(f"{prefix}/history/{{prompt_id}}")
-        async def history_one(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def history_one(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             if (reply := await fault(request, backend, "status")):
                 return reply
             prompt_id = request.match_info["prompt_id"]
@@ -1037,10 +1030,8 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
             return web.json_response({prompt_id: entry} if entry is not None else {})
 
         @table.post(f"{prefix}/history")
-        async def post_history(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def post_history(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             try:
                 body = await request.json()
                 if body.get("clear"):
@@ -1052,10 +1043,8 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
             return web.Response(status=200)
 
         @table.get(f"{prefix}/queue")
-        async def get_queue(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def get_queue(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             if (reply := await fault(request, backend, "status")):
                 return reply
             running = [backend.running.public()] if backend.running else []
@@ -1063,10 +1052,8 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
                                       "queue_pending": [i.public() for i in backend.sorted_pending()]})
 
         @table.post(f"{prefix}/queue")
-        async def post_queue(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def post_queue(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             try:
                 body = await request.json()
                 if body.get("clear"):
@@ -1078,10 +1065,8 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
             return web.Response(status=200)
 
         @table.post(f"{prefix}/interrupt")
-        async def interrupt(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def interrupt(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             try:
                 body = await request.json()
             except ValueError:
@@ -1093,10 +1078,8 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
             return web.Response(status=200)
 
         @table.post(f"{prefix}/free")
-        async def free(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def free(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             try:
                 body = await request.json()
                 backend.free(bool(body.get("unload_models", False)), bool(body.get("free_memory", False)))
@@ -1105,10 +1088,8 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
             return web.Response(status=200)
 
         @table.get(f"{prefix}/ws")
-        async def websocket(request: web.Request) -> web.StreamResponse:
-            backend = find(request)
-            if backend is None:
-                return web.Response(status=404)
+        @with_backend
+        async def websocket(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
             ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
             await ws.prepare(request)
             sid = request.query.get("clientId", "")
