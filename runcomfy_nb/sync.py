@@ -36,17 +36,19 @@ def loop() -> asyncio.AbstractEventLoop:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` on the background loop and wait; Ctrl-C cancels it and re-raises."""
     target = loop()
-    if _on_loop_thread(target):
+    if on_loop_thread(target):
         coro.close()
         raise RuntimeError("a blocking runcomfy_nb call was made from inside its own event loop")
     future = asyncio.run_coroutine_threadsafe(coro, target)
     return _wait(future)
 
 
-def call(fn: Callable[[], T]) -> T:
-    """Run a plain function on the background loop's thread (where our objects live)."""
-    target = loop()
-    if _on_loop_thread(target):
+def call(fn: Callable[[], T], on: asyncio.AbstractEventLoop | None = None) -> T:
+    """Run a plain function on the thread of loop `on` (default: the background loop, where the
+    blocking facade's objects live) and return its result; directly when that is this thread
+    or that loop is not running."""
+    target = on or loop()
+    if on_loop_thread(target) or not target.is_running() or target.is_closed():
         return fn()
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
@@ -60,7 +62,8 @@ def call(fn: Callable[[], T]) -> T:
     return _wait(future)
 
 
-def _on_loop_thread(target: asyncio.AbstractEventLoop) -> bool:
+def on_loop_thread(target: asyncio.AbstractEventLoop) -> bool:
+    """True when `target` is the loop running in this thread."""
     try:
         return asyncio.get_running_loop() is target
     except RuntimeError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import html
 import io
 import logging
@@ -16,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from ..sync import call, on_loop_thread
 
 T = TypeVar("T")
 
@@ -29,14 +30,6 @@ def asset(name: str) -> Path:
 
 
 # --- event loops ---------------------------------------------------------------------------------
-
-
-def on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
-    """True when `loop` is the loop running in this thread."""
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 def _usable_elsewhere(loop: asyncio.AbstractEventLoop) -> bool:
@@ -54,20 +47,9 @@ def call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> Non
     fn()
 
 
-def run_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], T], timeout: float = 10.0) -> T:
+def run_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], T]) -> T:
     """Run `fn` on `loop`'s thread and return its result (directly when that is this thread)."""
-    if not _usable_elsewhere(loop):
-        return fn()
-    future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-    def job() -> None:
-        try:
-            future.set_result(fn())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    loop.call_soon_threadsafe(job)
-    return future.result(timeout)
+    return call(fn, loop)
 
 
 class Throttle:
