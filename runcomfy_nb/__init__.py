@@ -26,6 +26,7 @@ _EXPORTS = {
     "Emulator": "emulator",
     "JobProgress": "widgets",
     "Gallery": "widgets",
+    "MachinePanel": "widgets",
     **dict.fromkeys(
         ["RunComfyError", "ConfigError", "MissingCredentials", "ValidationError", "APIError",
          "AuthError", "PaymentRequired", "RateLimited", "NotFound", "BadRequest", "ServerError",
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
     from .facade import ComfyUI, RunComfy
     from .jobs import Job, JobResult, Status
     from .media import Media
-    from .widgets import Gallery, JobProgress
+    from .widgets import Gallery, JobProgress, MachinePanel
     from .workflow import Workflow
 
 

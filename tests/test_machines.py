@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -34,6 +35,27 @@ async def client(machine_emulator: Emulator) -> AsyncIterator[rc.AsyncRunComfy]:
 
 
 notes: list[str] = []
+
+
+def test_billing_runs_from_ready_until_the_stop() -> None:
+    from runcomfy_nb.clients.machines import Machine, MachineInfo, Machines
+
+    api = Machines.__new__(Machines)
+    api.prices = {"large": 3.6}
+    now = time.time()
+    machine = Machine(api, MachineInfo("m1", "starting", server_type="large"))
+    assert machine.billed_seconds == 0 and machine.estimated_cost == 0
+    machine.info = MachineInfo("m1", "ready", server_type="large", ready_at=now - 100,
+                               stopping_at=now + 3500)
+    assert 99 < machine.billed_seconds < 102
+    assert machine.estimated_cost == pytest.approx(machine.billed_seconds / 1000, rel=0.01)
+    machine.info = MachineInfo("m1", "stopping", server_type="large", ready_at=now - 100,
+                               stopping_at=now + 3500)
+    ended = machine.billed_seconds
+    time.sleep(0.05)
+    assert machine.billed_seconds == ended  # billing ended at the stop, not at stopping_at
+    machine.info = MachineInfo("m1", "stopped")  # gone: a 404 carries nothing else
+    assert machine.billed_seconds == ended
 
 
 def test_duration_parsing() -> None:

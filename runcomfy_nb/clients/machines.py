@@ -209,20 +209,36 @@ class Machine:
 
     def __init__(self, api: Machines, info: MachineInfo) -> None:
         self._api = api
-        self.info = info
         self.id = info.server_id
         self.keep = False  # True: leave it running when the kernel exits
+        self.ready_at: float | None = None
+        self.ended_at: float | None = None  # when we first saw it stopping, stopped or failed
+        self.info = info
+
+    @property
+    def info(self) -> MachineInfo:
+        return self._info
+
+    @info.setter
+    def info(self, info: MachineInfo) -> None:
+        # a gone machine answers with nothing but its id: keep what was known of its billing
+        self.ready_at = info.ready_at or self.ready_at
+        if info.state in ("stopping", "stopped", "failed") and self.ended_at is None:
+            self.ended_at = min(time.time(), info.stopping_at or time.time())
+        self._info = info
 
     def __repr__(self) -> str:
         return f"<Machine {self.id[:8]} {self.info.server_type} {self.info.state}>"
 
     @property
     def billed_seconds(self) -> float:
-        """Seconds billed so far (from Ready), by the server's clock."""
-        if self.info.ready_at is None:
+        """Seconds billed so far: from Ready until now, or until it ended."""
+        if self.ready_at is None:
             return 0.0
-        end = time.time() if self.info.state == "ready" else (self.info.stopping_at or time.time())
-        return max(0.0, min(end, self.info.stopping_at or end) - self.info.ready_at)
+        end = self.ended_at or time.time()
+        if self.info.stopping_at:
+            end = min(end, self.info.stopping_at)
+        return max(0.0, end - self.ready_at)
 
     @property
     def estimated_cost(self) -> float:

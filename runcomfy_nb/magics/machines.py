@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import time
 from typing import Any
 
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -30,14 +29,14 @@ def workflows(magics: Any, line: str, cell: str | None) -> None:
                ("workflow", "version_id (for launch)", "updated"))
 
 
-@subcommand("machines", "machines", "List your machines: status, type, time left.")
-def machines(magics: Any, line: str, cell: str | None) -> None:
-    now = time.time()
-    rows = []
-    for m in _machines().list():
-        left = f"{(m.stopping_at - now) / 60:.0f} min" if m.stopping_at else "-"
-        rows.append((m.server_id, m.server_type, m.state, left))
-    show_table(rows, ("server_id", "type", "status", "time left"))
+@subcommand("machines", "machines",
+            "Your machines: status, uptime, estimated cost, time left, Stop / Extend buttons.")
+def machines(magics: Any, line: str, cell: str | None) -> Any:
+    from ..widgets import MachinePanel
+
+    client = _machines()
+    listed = client.list()
+    return sync.call(lambda: MachinePanel(client, include=listed))
 
 
 @magic_arguments()

@@ -1,10 +1,12 @@
-"""Notebook widgets (anywidget): `JobProgress` follows a job live, `Gallery` shows its outputs.
+"""Notebook widgets (anywidget): `JobProgress` follows a job live, `Gallery` shows its outputs,
+`MachinePanel` watches (and stops or extends) the machines launched from this kernel.
 
 Each pairs with an ES module and a stylesheet in `js/` and falls back to plain text and static
 HTML where widgets cannot render (nbconvert, GitHub).
 """
 
 from .gallery import Gallery
+from .machines import MachinePanel
 from .progress import JobProgress
 
-__all__ = ["Gallery", "JobProgress"]
+__all__ = ["Gallery", "JobProgress", "MachinePanel"]
