@@ -9,6 +9,8 @@ from .clients.deployments import SERVICE as SERVERLESS
 from .clients.deployments import Deployments
 from .clients.machines import SERVICE as SERVER_API
 from .clients.machines import Machines
+from .clients.models import SERVICE as MODEL_API
+from .clients.models import Models
 from .config import Config
 from .errors import MissingCredentials
 from .transport import RateLimiter, Storage, Transport
@@ -31,6 +33,7 @@ class AsyncRunComfy:
         self._closables: list[Transport | Storage] = []
         self._deployments: Deployments | None = None
         self._machines: Machines | None = None
+        self._models: Models | None = None
         self._storage: Storage | None = None
 
     def __repr__(self) -> str:
@@ -77,11 +80,22 @@ class AsyncRunComfy:
             self._machines = Machines(self._keep(transport), self.config.user_id)
         return self._machines
 
+    @property
+    def models(self) -> Models:
+        """Hosted catalog models by model_id (Model API, at `config.model_api_url`)."""
+        if self._models is None:
+            token = self.config.require_token()
+            transport = Transport(self.config.model_api_url, service=MODEL_API,
+                                  auth={"Authorization": token}, auth_scheme="Bearer ",
+                                  timeout=self.config.timeout)
+            self._models = Models(self._keep(transport), self.storage)
+        return self._models
+
     async def aclose(self) -> None:
         for closable in reversed(self._closables):
             await closable.aclose()
         self._closables.clear()
-        self._deployments = self._storage = self._machines = None
+        self._deployments = self._storage = self._machines = self._models = None
 
     async def __aenter__(self) -> AsyncRunComfy:
         return self

@@ -106,12 +106,19 @@ def _detail(body: Any) -> str:
     return "; ".join(p for p in parts if p)
 
 
+# Codes whose meaning the HTTP status may not carry (a 2xx body-level error, or a plain 400):
+# serverless InsufficientFunds, Model API InsufficientResources and UserAccountError.
+_CODE_KIND = {10001: 402, 400002: 402, 400004: 401}
+
+
 def api_error(status: int, body: Any, headers: Mapping[str, str], service: str) -> APIError:
     """The exception for an HTTP error status or a body-level `error_code`."""
     code = body.get("error_code") if isinstance(body, dict) else None
     kind = status
-    if isinstance(code, int) and status < 400:  # body-level error in a 2xx reply
-        kind = code // 1000 if code >= 100000 else {10001: 402}.get(code, 400)
+    if isinstance(code, int) and code in _CODE_KIND and status <= 400:
+        kind = _CODE_KIND[code]
+    elif isinstance(code, int) and status < 400:  # body-level error in a 2xx reply
+        kind = code // 1000 if code >= 100000 else 400
     text = _message(body)
     detail = _detail(body)
     reason = f"{text} ({detail})" if detail and detail not in text else text

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 from ..config import Secret
 from ..errors import JobCancelled, JobFailed, ValidationError
 from ..jobs import Job, JobResult, Queued, Started, Status, failure_message, parse_status
-from ..media import media_from_outputs
+from ..media import Fetcher, media_from_outputs
 from ..polling import DurationModel, PollPlan
 from ..timefmt import parse_timestamp
 from ..transport import Storage, Transport
@@ -131,55 +132,85 @@ class Deployments:
 
     def attach(self, deployment_id: str, request_id: str, *, label: str | None = None) -> Job:
         """Follow an existing request as a Job (call inside the event loop)."""
-        backend = _ServerlessRun(self, deployment_id, request_id)
+        backend = PolledRun(
+            request_id, status=partial(self.status, deployment_id, request_id),
+            result=partial(self.result, deployment_id, request_id),
+            cancel=partial(self.cancel, deployment_id, request_id),
+            durations=self.durations(deployment_id), what="The deployment run",
+        )
         return Job(backend, kind="serverless", id=request_id,
                    label=label or f"{deployment_id} · {request_id[:8]}")
 
     async def status(self, deployment_id: str, request_id: str) -> RequestStatus:
-        reply = await self._http.request("GET", self._path(deployment_id, request_id, "status"))
-        reply = reply if isinstance(reply, dict) else {}
-        raw = str(reply.get("status", ""))
-        position = reply.get("queue_position")
-        return RequestStatus(
-            request_id=request_id, status=parse_status(raw), raw_status=raw,
-            queue_position=position if isinstance(position, int) else None,
-            instance_id=reply.get("instance_id"),
-        )
+        return read_status(request_id, await self._http.request(
+            "GET", self._path(deployment_id, request_id, "status")))
 
     async def result(self, deployment_id: str, request_id: str) -> RequestResult:
-        reply = await self._http.request("GET", self._path(deployment_id, request_id, "result"))
-        reply = reply if isinstance(reply, dict) else {}
-        status = parse_status(reply.get("status"), completed=Status.SUCCEEDED)
-        created, finished = (parse_timestamp(reply.get(k)) for k in ("created_at", "finished_at"))
-        duration = finished - created if created is not None and finished is not None else None
-        result = error = None
-        if status is Status.SUCCEEDED:
-            outputs = reply.get("outputs") if "outputs" in reply else reply.get("output")
-            media, text = media_from_outputs(outputs, self._storage)
-            result = JobResult(job_id=request_id, media=media, text=text, raw=reply)
-        elif status is Status.FAILED:
-            error = failure_message(reply.get("error"))
-        return RequestResult(request_id, status, result, error, duration)
+        return read_result(request_id, await self._http.request(
+            "GET", self._path(deployment_id, request_id, "result")), self._storage)
 
     async def cancel(self, deployment_id: str, request_id: str) -> bool:
         """Ask to cancel; True if accepted. The request may take a moment to stop."""
-        reply = await self._http.request("POST", self._path(deployment_id, request_id, "cancel"),
-                                         idempotent=True)
-        reply = reply if isinstance(reply, dict) else {}
-        outcome = str(reply.get("outcome") or reply.get("status") or "").lower()
-        return outcome in ("cancelled", "canceled", "cancellation_requested")
+        return cancel_accepted(await self._http.request(
+            "POST", self._path(deployment_id, request_id, "cancel"), idempotent=True))
 
 
-class _ServerlessRun:
-    """Follows one serverless request by adaptive polling."""
+# --- the queue protocol the Serverless and Model APIs share ------------------------------------
 
-    def __init__(self, api: Deployments, deployment_id: str, request_id: str) -> None:
-        self.api, self.deployment_id, self.request_id = api, deployment_id, request_id
+
+def read_status(request_id: str, reply: Any) -> RequestStatus:
+    """A `/status` reply as a RequestStatus."""
+    reply = reply if isinstance(reply, dict) else {}
+    raw = str(reply.get("status", ""))
+    position = reply.get("queue_position")
+    return RequestStatus(
+        request_id=request_id, status=parse_status(raw), raw_status=raw,
+        queue_position=position if isinstance(position, int) else None,
+        instance_id=reply.get("instance_id"),
+    )
+
+
+def read_result(request_id: str, reply: Any, fetcher: Fetcher) -> RequestResult:
+    """A `/result` reply as a RequestResult: `outputs` (ComfyUI) or `output` (LoRA, Model API) of
+    any shape become media and text."""
+    reply = reply if isinstance(reply, dict) else {}
+    status = parse_status(reply.get("status"), completed=Status.SUCCEEDED)
+    created, finished = (parse_timestamp(reply.get(k)) for k in ("created_at", "finished_at"))
+    duration = finished - created if created is not None and finished is not None else None
+    result = error = None
+    if status is Status.SUCCEEDED:
+        outputs = reply.get("outputs") if "outputs" in reply else reply.get("output")
+        media, text = media_from_outputs(outputs, fetcher)
+        result = JobResult(job_id=request_id, media=media, text=text, raw=reply)
+    elif status is Status.FAILED:
+        error = failure_message(reply.get("error"))
+    return RequestResult(request_id, status, result, error, duration)
+
+
+def cancel_accepted(reply: Any) -> bool:
+    """Whether a cancel reply says the cancel was taken (`outcome` or, live, `status`)."""
+    reply = reply if isinstance(reply, dict) else {}
+    outcome = str(reply.get("outcome") or reply.get("status") or "").lower()
+    return outcome in ("cancelled", "canceled", "cancellation_requested")
+
+
+class PolledRun:
+    """Follows one queued request (serverless or Model API) by adaptive polling. `status`,
+    `result` and `cancel` call the request's endpoints; `durations` is its deployment's (or
+    model's) run-time record; `what` names the run in a failure message."""
+
+    def __init__(
+        self, request_id: str, *, status: Callable[[], Awaitable[RequestStatus]],
+        result: Callable[[], Awaitable[RequestResult]], cancel: Callable[[], Awaitable[bool]],
+        durations: DurationModel, what: str,
+    ) -> None:
+        self.request_id, self.what, self.durations = request_id, what, durations
+        self._status, self._result, self._cancel = status, result, cancel
         self._poke = asyncio.Event()
 
     async def run(self, job: Job) -> JobResult:
         loop = asyncio.get_running_loop()
-        model = self.api.durations(self.deployment_id)
+        model = self.durations
         plan = PollPlan(model)
         start = loop.time()
         t = previous = 0.0
@@ -189,7 +220,7 @@ class _ServerlessRun:
             pause = 0.3 if self._poke.is_set() else plan.next_pause(t, queued)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), pause)
-            status = await self.api.status(self.deployment_id, self.request_id)
+            status = await self._status()
             previous, t = t, loop.time() - start
             queued = status.status is Status.QUEUED
             plan.observe(t, queued, previous)
@@ -201,7 +232,7 @@ class _ServerlessRun:
             if status.finished:
                 break
         for _ in range(20):  # /status may say done a moment before /result has it
-            reply = await self.api.result(self.deployment_id, self.request_id)
+            reply = await self._result()
             if reply.status is None or reply.status.terminal:
                 break
             await asyncio.sleep(0.25)
@@ -210,14 +241,14 @@ class _ServerlessRun:
                 model.record(reply.duration)
             return reply.result
         if reply.status is Status.FAILED:
-            raise JobFailed(f"The deployment run failed: {reply.error}", job_id=self.request_id)
+            raise JobFailed(f"{self.what} failed: {reply.error}", job_id=self.request_id)
         if reply.status is Status.CANCELLED or status.status is Status.CANCELLED:
             raise JobCancelled(f"Request {self.request_id} was cancelled.", job_id=self.request_id)
         raise JobFailed(f"Request {self.request_id} ended as {status.raw_status!r} with no result.",
                         job_id=self.request_id)
 
     async def cancel(self) -> bool:
-        accepted = await self.api.cancel(self.deployment_id, self.request_id)
+        accepted = await self._cancel()
         if accepted:
             self._poke.set()
         return accepted

@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     url = emulator.start()
     print(f"runcomfy emulator listening on {url}", flush=True)
     if not args.token:
-        print(f"token: {emulator.token}  (export RUNCOMFY_TOKEN=... RUNCOMFY_BASE_URL={url})", flush=True)
+        print(f"token: {emulator.token}  (export RUNCOMFY_TOKEN=... RUNCOMFY_BASE_URL={url} "
+              f"RUNCOMFY_MODEL_API_URL={url})", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -25,13 +25,13 @@ from typing import Any
 
 from aiohttp import web
 
-from . import comfyui, machines, serverless
+from . import comfyui, machines, models, serverless
 from .envelope import error
 from .faults import Fault, Faults
 
 # Each module: register(app, state). Order matters only where one needs another's objects
 # (comfyui serves the backends machines creates).
-MODULES = (serverless, machines, comfyui)
+MODULES = (serverless, machines, comfyui, models)
 
 
 @dataclass
@@ -164,6 +164,7 @@ class Emulator:
         self._runner: web.AppRunner | None = None
         self._serverless: serverless.Serverless | None = None
         self._machines: machines.Machines | None = None
+        self._models: models.Models | None = None
 
     def __repr__(self) -> str:
         return f"<Emulator {self.url or 'stopped'}>"
@@ -184,6 +185,7 @@ class Emulator:
         async def serve() -> None:
             app = create_app(self.state)
             self._serverless, self._machines = app[serverless.KEY], app[machines.KEY]
+            self._models = app[models.KEY]
             # in-flight answers (a `delay` fault, say) get a moment, not aiohttp's default minute
             self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await self._runner.setup()
@@ -300,6 +302,19 @@ class Emulator:
         if self._serverless is None:
             return []
         return [r for r in list(self._serverless.requests.values()) if r.deployment == deployment_id]
+
+    # --- Model API ----------------------------------------------------------------------------
+    def model_ids(self) -> list[str]:
+        if self._models is None:
+            return [m["model_id"] for m in self._config.get("models", [])]
+        return list(self._models.models)
+
+    def model_requests(self, model_id: str | None = None) -> list[models.ModelRequest]:
+        """The emulator's records of Model API requests (of `model_id`, or all), oldest first
+        (.id, .model, .status, .inputs, .created, .started_wall, .finished_wall, ...)."""
+        if self._models is None:
+            return []
+        return [r for r in list(self._models.requests.values()) if model_id in (None, r.model)]
 
     # --- machines (Server API) and their ComfyUI ---------------------------------------------
     @property

@@ -24,3 +24,14 @@ def iso(ts: float) -> str:
 def origin(request: web.Request) -> str:
     """`scheme://host[:port]` as the client addressed us: absolute URLs in replies start with it."""
     return f"{request.scheme}://{request.host}"
+
+
+def absolute(value: Any, host: str) -> Any:
+    """Outputs hold `{origin}/storage/...`: absolute URLs follow the host each client used."""
+    if isinstance(value, str):
+        return value.replace("{origin}", host)
+    if isinstance(value, list):
+        return [absolute(v, host) for v in value]
+    if isinstance(value, dict):
+        return {k: absolute(v, host) for k, v in value.items()}
+    return value

@@ -1,10 +1,10 @@
 """Switchable faults: each applies to the next `count` matching requests (-1: all of them).
 
-A fault names a target (a deployment id, a server id, a workflow version id, or "*"), the operation it
-applies to (`on`; each fault has a default, see FAULTS) and its own params. Armed three ways:
-`Emulator.set_fault(target, name, count, on=..., **params)`, a deployment's `"faults": [...]` in the
-config (`{"fault": name, "count": ..., "on": ..., **params}`), or POST `/_emulator/faults`
-(`{"deployment": target, "fault": name, ...}`).
+A fault names a target (a deployment id, a server id, a workflow version id, a model id, or "*"), the
+operation it applies to (`on`; each fault has a default, see FAULTS) and its own params. Armed three
+ways: `Emulator.set_fault(target, name, count, on=..., **params)`, a deployment's or model's
+`"faults": [...]` in the config (`{"fault": name, "count": ..., "on": ..., **params}`), or POST
+`/_emulator/faults` (`{"deployment": target, "fault": name, ...}`).
 
 Request faults (answered by `reply` before, or for `drop`/`delay` on a submit, after the request was
 processed): `rate_limit` (429 + `Retry-After: retry_after`), `server_error` (500), `http_error`

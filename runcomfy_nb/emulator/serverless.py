@@ -47,7 +47,7 @@ from aiohttp import web
 
 from . import faults as faults_
 from . import synth, validation
-from .envelope import error, iso, origin
+from .envelope import absolute, error, iso, origin
 from .validation import Invalid
 
 CANCEL_SETTLE_SECONDS = 0.5  # "live" style: cancellation_requested → canceled, virtual seconds
@@ -160,7 +160,7 @@ class Serverless:
         """Validate the body (Invalid: a 422) and queue the request."""
         if dep["type"] == "lora":
             request = Request(str(uuid.uuid4()), dep["id"], body, None,
-                              inputs=validation.lora_inputs(dep["schema"], body))
+                              inputs=validation.schema_inputs(dep["schema"], body))
         else:
             request = Request(str(uuid.uuid4()), dep["id"], body,
                               validation.comfyui_workflow(dep["workflow"], body))
@@ -303,17 +303,6 @@ def _urls(request: web.Request, prefix: str, dep_id: str, rid: str) -> dict[str,
     return {"status_url": f"{base}/status", "result_url": f"{base}/result", "cancel_url": f"{base}/cancel"}
 
 
-def _fill(value: Any, host: str) -> Any:
-    """Outputs hold `{origin}/storage/...`: absolute URLs follow the host each client used."""
-    if isinstance(value, str):
-        return value.replace("{origin}", host)
-    if isinstance(value, list):
-        return [_fill(v, host) for v in value]
-    if isinstance(value, dict):
-        return {k: _fill(v, host) for k, v in value.items()}
-    return value
-
-
 def _status_word(dep: dict[str, Any], job: Request) -> str:
     live = dep["status_style"] == "live"
     if job.cancel_pending:
@@ -394,7 +383,7 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
                 body["finished_at"] = iso(job.finished_wall)
             if job.status == "succeeded":
                 key = "output" if dep["type"] == "lora" else "outputs"
-                body[key] = _fill(job.outputs, origin(request))
+                body[key] = absolute(job.outputs, origin(request))
                 if job.instance_id and dep["type"] != "lora":
                     body["instance_id"] = job.instance_id
             elif job.status == "failed":
@@ -415,24 +404,31 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
 
     @table.get("/storage/output/{rid}/{filename}")
     async def output_file(request: web.Request) -> web.StreamResponse:
-        if "Authorization" in request.headers or "X-API-Key" in request.headers:
-            serverless.state.leaks.append(request.path)
-            return web.json_response({"message": "Credentials must not be sent to output URLs"},
-                                     status=403)
         rid, filename = request.match_info["rid"], request.match_info["filename"]
-        data = serverless.files.get((rid, filename))
-        if data is None:
-            return web.json_response({"message": "Not found"}, status=404)
         job = serverless.requests.get(rid)
-        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        if filename.endswith(".webp"):
-            content_type = "image/webp"  # not in every platform's mimetypes table
-        if faults.take(job.deployment if job else "*", "download", {"truncate"}):
-            response = web.StreamResponse(headers={"Content-Type": content_type})
-            response.content_length = len(data)
-            await response.prepare(request)
-            await response.write(data[: len(data) // 2])
-            faults_.drop(request)
-        return web.Response(body=data, content_type=content_type)
+        return await serve_file(request, serverless.state, serverless.files.get((rid, filename)),
+                                job.deployment if job else "*")
 
     return table
+
+
+async def serve_file(request: web.Request, state: Any, data: bytes | None, target: str) -> web.StreamResponse:
+    """An output file as public storage serves it, without auth: a request carrying credentials is
+    refused (403, recorded in `state.leaks`); a `truncate` fault armed for `target` sends the full
+    Content-Length, half the bytes, then closes the connection."""
+    if "Authorization" in request.headers or "X-API-Key" in request.headers:
+        state.leaks.append(request.path)
+        return web.json_response({"message": "Credentials must not be sent to output URLs"}, status=403)
+    if data is None:
+        return web.json_response({"message": "Not found"}, status=404)
+    filename = request.match_info.get("filename", request.path)
+    content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    if filename.endswith(".webp"):
+        content_type = "image/webp"  # not in every platform's mimetypes table
+    if state.faults.take(target, "download", {"truncate"}):
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data[: len(data) // 2])
+        faults_.drop(request)
+    return web.Response(body=data, content_type=content_type)

@@ -4,9 +4,10 @@ ComfyUI deployments: `overrides` ({node_id: {"inputs": {...}}}, checked against 
 node ids, input names, JSON value types — int and float interchangeable, bool apart, a linked input
 may take a value) or `workflow_api_json` (a whole API-format workflow; a UI-format export with
 `nodes`/`links` is refused), never both; `extra_data`, if sent, is an object.
-LoRA deployments: the flat body against the deployment's small JSON-schema-like `schema`
-(`required`, `properties` with `type` string/integer/number/boolean, `enum`, `minimum`/`maximum`,
-`format: "image_uri"` = a public https URL); unknown fields are refused.
+LoRA deployments and Model API models: the flat body against a small JSON-schema-like schema
+(`required`, `properties` with `type` string/integer/number/boolean/array (`items`, `minItems`,
+`maxItems`), `enum`, `minimum`/`maximum`, `format: "image_uri"` or `"uri"` = a public https URL, as
+is any field named `*_url` / `*_urls`); unknown fields are refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import copy
 from typing import Any
 
 JSON_TYPES: dict[str, type | tuple[type, ...]] = {
-    "string": str, "integer": int, "number": (int, float), "boolean": bool}
+    "string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list}
 
 
 class Invalid(Exception):
@@ -111,8 +112,10 @@ def _inline_workflow(workflow: Any) -> dict[str, Any]:
     return copy.deepcopy(workflow)
 
 
-def lora_inputs(schema: dict[str, Any], body: Any) -> dict[str, Any]:
-    """The LoRA request's inputs, defaults filled in from the schema, or raise Invalid."""
+def schema_inputs(schema: dict[str, Any], body: Any) -> dict[str, Any]:
+    """A flat request's inputs (a LoRA deployment, a Model API model), checked against its small
+    schema, defaults filled in; or raise Invalid. Media inputs (`format` "image_uri"/"uri", or a
+    name ending in `_url` / `_urls`) must be public https URLs."""
     if not isinstance(body, dict):
         raise Invalid("Request body must be a JSON object", ["body"], "type_error.dict")
     properties = schema.get("properties", {})
@@ -125,15 +128,31 @@ def lora_inputs(schema: dict[str, Any], body: Any) -> dict[str, Any]:
         if spec is None:
             raise Invalid(f"Unknown field '{name}'; fields: {', '.join(properties)}", loc,
                           "value_error.extra")
-        kind = spec.get("type", "string")
-        if not isinstance(value, JSON_TYPES[kind]) or (isinstance(value, bool) and kind != "boolean"):
-            raise Invalid(f"'{name}' must be of type {kind}, got {_json_type(value)}", loc, "type_error")
-        if "enum" in spec and value not in spec["enum"]:
-            raise Invalid(f"'{name}' must be one of {spec['enum']}", loc, "value_error.enum")
-        low, high = spec.get("minimum"), spec.get("maximum")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise Invalid(f"'{name}' must be between {low} and {high}", loc, "value_error.range")
-        if spec.get("format") == "image_uri" and not value.startswith("https://"):
-            raise Invalid(f"'{name}' must be a public https URL", loc, "value_error.url")
+        if spec.get("type") == "array":
+            if not isinstance(value, list):
+                raise Invalid(f"'{name}' must be of type array, got {_json_type(value)}", loc, "type_error")
+            low, high = spec.get("minItems"), spec.get("maxItems")
+            if (low is not None and len(value) < low) or (high is not None and len(value) > high):
+                raise Invalid(f"'{name}' must have between {low} and {high} items", loc,
+                              "value_error.list")
+            items = spec.get("items", {})
+            for n, item in enumerate(value):
+                _check_value(f"{name}[{n}]", name, items, item, [*loc, str(n)])
+        else:
+            _check_value(name, name, spec, value, loc)
     defaults = {k: v["default"] for k, v in properties.items() if isinstance(v, dict) and "default" in v}
     return {**defaults, **body}
+
+
+def _check_value(label: str, name: str, spec: dict[str, Any], value: Any, loc: list[str]) -> None:
+    kind = spec.get("type", "string")
+    if not isinstance(value, JSON_TYPES[kind]) or (isinstance(value, bool) and kind != "boolean"):
+        raise Invalid(f"'{label}' must be of type {kind}, got {_json_type(value)}", loc, "type_error")
+    if "enum" in spec and value not in spec["enum"]:
+        raise Invalid(f"'{label}' must be one of {spec['enum']}", loc, "value_error.enum")
+    low, high = spec.get("minimum"), spec.get("maximum")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise Invalid(f"'{label}' must be between {low} and {high}", loc, "value_error.range")
+    is_media = spec.get("format") in ("image_uri", "uri") or name.endswith(("_url", "_urls"))
+    if is_media and not (isinstance(value, str) and value.startswith("https://")):
+        raise Invalid(f"'{label}' must be a public https URL", loc, "value_error.url")
