@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -147,6 +148,12 @@ class JobBackend(Protocol):
 
 
 Subscriber = Callable[["Job", Event], None]
+_RECENT: deque[Job] = deque(maxlen=1000)
+
+
+def recent_jobs() -> list[Job]:
+    """Every Job of this process (the last 1,000), oldest first: what `%runcomfy jobs` lists."""
+    return list(_RECENT)
 
 
 class Job:
@@ -179,6 +186,7 @@ class Job:
         self._changed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
         self._task = self.loop.create_task(self._drive(), name=f"runcomfy-job-{id}")
+        _RECENT.append(self)
 
     def __repr__(self) -> str:
         return f"<Job {self.kind} {self.id} {self.status.value}>"
@@ -367,5 +375,5 @@ def failure_message(error: Any) -> str:
 __all__ = [
     "Event", "Failed", "Finished", "Job", "JobBackend", "JobCancelled", "JobFailed", "JobResult",
     "NodeStarted", "Output", "Preview", "Progress", "Queued", "Started", "Status", "failure_message",
-    "parse_status",
+    "parse_status", "recent_jobs",
 ]

@@ -1,4 +1,5 @@
-"""Timestamps as the APIs write them: ISO 8601 with or without offset, 0–6 fractional digits."""
+"""Time as the APIs write it (ISO 8601 with or without offset, 0–6 fractional digits) and as we
+show it (durations)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,14 @@ def parse_timestamp(text: object) -> float | None:
         return datetime.fromisoformat(f"{match['main']}.{frac}{tz}").timestamp()
     except ValueError:
         return None
+
+
+def format_duration(seconds: float, *, whole: bool = False) -> str:
+    """4.2 s · 2 min 05 s · 1 h 02 min (`whole`: 4 s, for clocks that tick once a second)"""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{int(seconds)} s" if whole else f"{seconds:.1f} s"
+    total = int(seconds)
+    if total < 3600:
+        return f"{total // 60} min {total % 60:02d} s"
+    return f"{total // 3600} h {total % 3600 // 60:02d} min"

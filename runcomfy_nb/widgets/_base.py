@@ -247,17 +247,6 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def format_duration(seconds: float) -> str:
-    """4.2 s · 2 min 05 s · 1 h 02 min"""
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
-
-
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 
 

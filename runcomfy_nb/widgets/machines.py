@@ -16,6 +16,7 @@ from typing import Any
 import anywidget
 import traitlets as t
 
+from ..timefmt import format_duration
 from ._base import (
     FONT,
     Snapshots,
@@ -39,15 +40,6 @@ _PENDING = {"stop": "stopping", "extend": "extending"}
 # When any panel last asked the server about a machine: two panels on the same machines share it.
 _LAST_REFRESH: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
-
-def _span(seconds: float) -> str:
-    """45 s · 2 min 05 s · 1 h 02 min (whole seconds: these clocks tick once a second)"""
-    whole = max(0, int(seconds))
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 def _money(value: float) -> str:
@@ -336,12 +328,12 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
         else:
             end = ended if ended is not None else min(now, stopping) if stopping is not None else now
             seconds = max(0.0, end - ready)
-            uptime = _span(seconds)
+            uptime = format_duration(seconds, whole=True)
             cost = f"≈{_money(seconds / 3600 * row['price'])}" if row.get("price") is not None else "—"
         if state == "ready" and stopping is not None:
-            left = _span(stopping - now) if stopping > now else "due now"
+            left = format_duration(stopping - now, whole=True) if stopping > now else "due now"
         elif state == "starting" and row.get("estimated_duration"):
-            left = f"{_span(row['estimated_duration'])} once ready"
+            left = f"{format_duration(row['estimated_duration'], whole=True)} once ready"
         else:
             left = "—"
         return uptime, cost, left

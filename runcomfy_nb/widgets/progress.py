@@ -14,6 +14,7 @@ import traitlets as t
 
 from ..errors import JobCancelled
 from ..jobs import Event, Failed, Finished, Job, NodeStarted, Output, Preview, Progress, Queued, Started
+from ..timefmt import format_duration
 from ._base import (
     FONT,
     Snapshots,
@@ -23,7 +24,6 @@ from ._base import (
     downscale,
     error_text,
     esc,
-    format_duration,
     on_loop_thread,
     run_in_loop,
     short_id,
