@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import MissingCredentials
+from .errors import ConfigError, MissingCredentials
 
 DEFAULT_BASE_URL = "https://api.runcomfy.net"
 DEFAULT_MODEL_API_URL = "https://model-api.runcomfy.net"
@@ -60,8 +60,10 @@ class Config:
     """Where each API lives and the credentials for it.
 
     `Config.from_env()` reads `RUNCOMFY_TOKEN` (or `RUNCOMFY_API_KEY`), `RUNCOMFY_USER_ID`,
-    `COMFY_CLOUD_API_KEY`, `RUNCOMFY_BASE_URL`, `RUNCOMFY_MODEL_API_URL` and `COMFY_CLOUD_URL`;
-    keyword arguments win over the environment.
+    `COMFY_CLOUD_API_KEY`, `RUNCOMFY_BASE_URL`, `RUNCOMFY_MODEL_API_URL`, `COMFY_CLOUD_URL` and
+    `RUNCOMFY_SERVERLESS_VERSION`; keyword arguments win over the environment.
+    `serverless_version` is the prefix of the four serverless queue calls, `/prod/v1` (default, as the
+    queue pages document it) or `/prod/v2`; the deployment list and the instance proxy are v2 only.
     """
 
     token: Secret | None = None
@@ -82,6 +84,7 @@ class Config:
             "base_url": _env("RUNCOMFY_BASE_URL") or DEFAULT_BASE_URL,
             "model_api_url": _env("RUNCOMFY_MODEL_API_URL") or DEFAULT_MODEL_API_URL,
             "comfy_cloud_url": _env("COMFY_CLOUD_URL") or DEFAULT_COMFY_CLOUD_URL,
+            "serverless_version": _env("RUNCOMFY_SERVERLESS_VERSION") or "v1",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -92,7 +95,8 @@ class Config:
         for name in ("base_url", "model_api_url", "comfy_cloud_url"):
             object.__setattr__(self, name, getattr(self, name).rstrip("/"))
         if self.serverless_version not in ("v1", "v2"):
-            raise ValueError("serverless_version must be 'v1' or 'v2'")
+            raise ConfigError("serverless_version (RUNCOMFY_SERVERLESS_VERSION) must be 'v1' or 'v2', "
+                             f"not {self.serverless_version!r}")
 
     def with_(self, **changes: Any) -> Config:
         return replace(self, **changes)

@@ -124,6 +124,120 @@ class Workflow:
         return Workflow(data)
 
 
+# --- checks against a server's node schemas (`/object_info`) ----------------------------------
+
+_MEDIA_PREFIXES = ("https://", "http://", "data:")
+_MEDIA_INPUTS = {"image", "video", "audio", "file"}
+
+
+def _hint(name: str, choices: Any) -> str:
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _input_problem(name: str, value: Any, spec: Any, workflow: Workflow) -> str | None:
+    """What is wrong with `value` for an input declared as `spec` ([type, options]), or None.
+    Follows ComfyUI's own checks: type, value in list, min/max."""
+    kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+    extra = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 else {}
+    extra = extra if isinstance(extra, Mapping) else {}
+    if (isinstance(value, list) and len(value) == 2 and str(value[0]) in workflow.data
+            and isinstance(value[1], int)):
+        return None  # a link to another node: the server checks the types it carries
+    if isinstance(value, Mapping) and "__value__" in value:
+        value = value["__value__"]
+    options = kind if isinstance(kind, list) else extra.get("options") if kind == "COMBO" else None
+    if options is not None:
+        is_media = name in _MEDIA_INPUTS or any(str(k).endswith("_upload") for k in extra)
+        if is_media and isinstance(value, str) and value.startswith(_MEDIA_PREFIXES):
+            return None  # the serverless API fetches a URL or data URI into a loader's input
+        if value in options:
+            return None
+        shown = ", ".join(repr(o) for o in options[:8]) + (", …" if len(options) > 8 else "")
+        return f"{value!r} is not one of its values ({shown}).{_hint(value, options)}"
+    expected = {"INT": "an integer", "FLOAT": "a number", "STRING": "text", "BOOLEAN": "true or false"}
+    if kind not in expected:
+        return f"it takes a {kind} connection from another node, not a value."
+    fits = {
+        "INT": isinstance(value, int) or (isinstance(value, float) and value.is_integer()),
+        "FLOAT": isinstance(value, (int, float)),
+        "STRING": isinstance(value, str),
+        "BOOLEAN": isinstance(value, bool),
+    }[kind] and (kind == "BOOLEAN" or not isinstance(value, bool))
+    if not fits:
+        return f"it takes {expected[kind]}, not {type(value).__name__} {value!r}."
+    low, high = extra.get("min"), extra.get("max")
+    below, above = low is not None and value < low, high is not None and value > high
+    if kind in ("INT", "FLOAT") and (below or above):
+        return f"{value!r} is out of range ({low} to {high})."
+    return None
+
+
+def _schema_inputs(schema: Mapping[str, Any]) -> dict[str, Any]:
+    groups = schema.get("input", {}) if isinstance(schema, Mapping) else {}
+    return {**groups.get("optional", {}), **groups.get("required", {})}
+
+
+def _check_node(workflow: Workflow, node_id: str, inputs: Mapping[str, Any],
+                object_info: Mapping[str, Any], problems: list[str]) -> None:
+    node = workflow.data[node_id]
+    where = f"Node {node_id} ({workflow.title(node_id)})"
+    class_type = node.get("class_type")
+    schema = object_info.get(class_type)
+    if not isinstance(schema, Mapping):
+        problems.append(f"{where}: its class {class_type!r} is not installed on the server.")
+        return
+    declared = _schema_inputs(schema)
+    saved = node.get("inputs", {})
+    for name, value in inputs.items():
+        if name not in declared:
+            if name not in saved:
+                problems.append(f"{where} has no input {name!r}.{_hint(name, [*declared, *saved])}")
+            continue  # a saved input the schema does not declare (a frontend extra): left as is
+        problem = _input_problem(name, value, declared[name], workflow)
+        if problem:
+            problems.append(f"{where}, input {name!r}: {problem}")
+
+
+def _raise(problems: list[str], what: str) -> None:
+    if len(problems) == 1:
+        raise ValidationError(f"{problems[0]} Nothing was sent.")
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise ValidationError(f"{len(problems)} problems with {what}; nothing was sent:\n{listing}")
+
+
+def check_overrides(workflow: Workflow, overrides: Mapping[Any, Any], object_info: Mapping[str, Any],
+                    *, what: str = "the overrides") -> dict[str, dict[str, Any]]:
+    """The overrides keyed by node id (titles and unique class names resolved), every input checked
+    against the workflow and the server's node schemas (`object_info`): unknown node or input (with
+    a did-you-mean), wrong type, value not in its list, out of range. Raises one ValidationError
+    that lists every problem."""
+    problems: list[str] = []
+    resolved: dict[str, dict[str, Any]] = {}
+    for ref, patch in normalize_overrides(overrides).items():
+        try:
+            node_id = workflow.find(ref)
+        except ValidationError as exc:
+            problems.append(str(exc))
+            continue
+        resolved.setdefault(node_id, {"inputs": {}})["inputs"].update(patch["inputs"])
+    for node_id, patch in resolved.items():
+        _check_node(workflow, node_id, patch["inputs"], object_info, problems)
+    _raise(problems, what)
+    return resolved
+
+
+def check_workflow(workflow: Workflow, object_info: Mapping[str, Any], *,
+                   what: str = "the workflow") -> None:
+    """Check every node of `workflow` against the server's node schemas: its class is installed,
+    its values fit (as `check_overrides` checks them). Raises one ValidationError listing all."""
+    problems: list[str] = []
+    for node_id, node in workflow.data.items():
+        _check_node(workflow, node_id, node.get("inputs", {}), object_info, problems)
+    _raise(problems, what)
+
+
 # --- cell bodies ----------------------------------------------------------------------------------
 
 

@@ -1,25 +1,45 @@
-"""RunComfy Serverless API: ComfyUI-style and LoRA deployments (submit, status, result, cancel)."""
+"""RunComfy Serverless API: ComfyUI-style and LoRA deployments.
+
+The queue (submit, status, result, cancel) under `/prod/v1` or `/prod/v2` (`Config.serverless_version`);
+the deployment reads (list, get) and the instance proxy under `/prod/v2`, the only prefix they have.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 from ..config import Secret
-from ..errors import JobCancelled, JobFailed, ValidationError
+from ..errors import APIError, BadRequest, JobCancelled, JobFailed, NotFound, ValidationError
 from ..jobs import Job, JobResult, Queued, Started, Status, failure_message, parse_status
-from ..media import Fetcher, media_from_outputs
+from ..media import Fetcher, Media, media_from_outputs
 from ..polling import DurationModel, PollPlan
 from ..timefmt import parse_timestamp
 from ..transport import Storage, Transport
-from ..workflow import Workflow, check_api_format, normalize_overrides
+from ..workflow import (
+    Workflow,
+    check_api_format,
+    check_overrides,
+    check_workflow,
+    normalize_overrides,
+)
 
 SERVICE = "RunComfy Serverless API"
+V2 = "/prod/v2/deployments"
+# Body-level codes that gate a deployment, and what the user can do about each.
+_GATES = {
+    10002: "is disabled (DisabledDeployment, 10002): enable it on its page in the RunComfy dashboard, "
+           "then try again",
+    10003: "was deleted (DeletedDeployment, 10003): `await client.deployments.list()` shows the "
+           "deployments that exist",
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +64,82 @@ class RequestResult:
     result: JobResult | None
     error: str | None
     duration: float | None  # created_at → finished_at, by the server's clock
+
+
+@dataclass(frozen=True)
+class DeploymentPayload:
+    """What `includes=payload` adds: the saved workflow (None for a LoRA deployment), its default
+    overrides (how to discover the node ids worth overriding) and where its node schemas are."""
+
+    workflow: Workflow | None
+    overrides: dict[str, Any]
+    object_info_url: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> DeploymentPayload | None:
+        if not isinstance(reply, Mapping):
+            return None
+        saved = reply.get("workflow_api_json")
+        if isinstance(saved, str):  # some replies carry the workflow as JSON text
+            with contextlib.suppress(ValueError):
+                saved = json.loads(saved)
+        workflow = None
+        if isinstance(saved, Mapping) and saved:
+            with contextlib.suppress(ValidationError):
+                workflow = Workflow(saved)
+        overrides = reply.get("overrides")
+        url = reply.get("object_info_url")
+        return cls(workflow, dict(overrides) if isinstance(overrides, Mapping) else {},
+                   url if isinstance(url, str) and url else None)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deployment as the Deployment API describes it. `keep_warm` is
+    `keep_warm_duration_in_seconds`; `created_at` / `updated_at` are epoch seconds; `payload` and
+    `readme` are there when asked for (`payload=True`, `readme=True`)."""
+
+    id: str
+    name: str
+    workflow_id: str | None = None
+    workflow_version: str | None = None
+    hardware: tuple[str, ...] = ()
+    min_instances: int | None = None
+    max_instances: int | None = None
+    queue_size: int | None = None
+    keep_warm: int | None = None
+    status: str | None = None
+    is_enabled: bool | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+    payload: DeploymentPayload | None = field(default=None, repr=False)
+    readme: str | None = field(default=None, repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> Deployment:
+        reply = dict(reply) if isinstance(reply, Mapping) else {}
+
+        def number(key: str) -> int | None:
+            value = reply.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        hardware = reply.get("hardware")
+        readme = reply.get("readme")
+        return cls(
+            id=str(reply.get("id", "")), name=str(reply.get("name", "")),
+            workflow_id=reply.get("workflow_id"), workflow_version=reply.get("workflow_version"),
+            hardware=tuple(str(h) for h in hardware) if isinstance(hardware, list) else
+            ((str(hardware),) if hardware else ()),
+            min_instances=number("min_instances"), max_instances=number("max_instances"),
+            queue_size=number("queue_size"), keep_warm=number("keep_warm_duration_in_seconds"),
+            status=reply.get("status"),
+            is_enabled=reply["is_enabled"] if isinstance(reply.get("is_enabled"), bool) else None,
+            created_at=parse_timestamp(reply.get("created_at")),
+            updated_at=parse_timestamp(reply.get("updated_at")),
+            payload=DeploymentPayload.from_reply(reply.get("payload")),
+            readme=readme if isinstance(readme, str) else None, raw=reply,
+        )
 
 
 def build_body(
@@ -85,13 +181,16 @@ def build_body(
 
 
 class Deployments:
-    """Submit to and follow serverless deployments. `submit` returns a running `Job`."""
+    """Submit to and follow serverless deployments (`submit` returns a running `Job`); read the
+    account's deployments; call the ComfyUI of a live instance through the proxy."""
 
     def __init__(self, transport: Transport, storage: Storage, *, version: str = "v1") -> None:
         self._http = transport
         self._storage = storage
         self._prefix = f"/prod/{version}/deployments"
         self._durations: dict[str, DurationModel] = {}
+        self._object_info: dict[str, dict[str, Any]] = {}
+        self._object_info_of: dict[str, tuple[Any, ...]] = {}  # the deployment version each belongs to
 
     def __repr__(self) -> str:
         return "<Deployments>"
@@ -101,6 +200,17 @@ class Deployments:
         if request_id is not None:
             path += f"/requests/{quote(request_id, safe='')}"
         return f"{path}/{action}" if action else path
+
+    async def _call(self, deployment_id: str, method: str, path: str, **kwargs: Any) -> Any:
+        """One call about a deployment; a disabled or deleted deployment gets a message that says so."""
+        try:
+            return await self._http.request(method, path, **kwargs)
+        except APIError as exc:
+            gate = _GATES.get(exc.code) if isinstance(exc.code, int) else None
+            if gate is None:
+                raise
+            raise type(exc)(f"{SERVICE}: deployment {deployment_id} {gate}.", status=exc.status,
+                            code=exc.code, detail=exc.detail) from None
 
     def durations(self, deployment_id: str) -> DurationModel:
         return self._durations.setdefault(deployment_id, DurationModel())
@@ -115,16 +225,27 @@ class Deployments:
         extra_data: Mapping[str, Any] | None = None,
         comfy_api_key: str | Secret | None = None,
         label: str | None = None,
+        validate: bool = False,
     ) -> Job:
         """Queue one request: `overrides` for the saved workflow, or `workflow=` to replace it,
-        or `inputs=` for a LoRA deployment's own schema. The POST is never resent after it may
-        have reached the server."""
+        or `inputs=` for a LoRA deployment's own schema. `validate=True` first checks the overrides
+        (or the workflow) against the deployment's saved workflow and real nodes (see `validate`);
+        node titles and unique class names in `overrides` are then resolved to ids. The POST is
+        never resent after it may have reached the server."""
         if not isinstance(deployment_id, str) or not deployment_id.strip():
             raise ValidationError("deployment_id must be the deployment's id (a string).")
         body = build_body(overrides, workflow=workflow, inputs=inputs, extra_data=extra_data,
                           comfy_api_key=comfy_api_key)
-        reply = await self._http.request("POST", self._path(deployment_id, action="inference"),
-                                         json=body, idempotent=False)
+        if validate:
+            if inputs is not None:
+                raise ValidationError("validate=True checks a ComfyUI deployment's overrides or "
+                                      "workflow; a LoRA deployment's inputs are checked by the service.")
+            resolved = await self.validate(deployment_id, overrides,
+                                           workflow=body.get("workflow_api_json"))
+            if "overrides" in body:
+                body["overrides"] = resolved
+        reply = await self._call(deployment_id, "POST", self._path(deployment_id, action="inference"),
+                                 json=body, idempotent=False)
         request_id = reply.get("request_id") if isinstance(reply, dict) else None
         if not request_id:
             raise ValidationError(f"{SERVICE} accepted the submit but returned no request_id.")
@@ -142,17 +263,144 @@ class Deployments:
                    label=label or f"{deployment_id} · {request_id[:8]}")
 
     async def status(self, deployment_id: str, request_id: str) -> RequestStatus:
-        return read_status(request_id, await self._http.request(
-            "GET", self._path(deployment_id, request_id, "status")))
+        """The request's state; `instance_id` (from in_progress on) opens the instance proxy."""
+        return read_status(request_id, await self._call(
+            deployment_id, "GET", self._path(deployment_id, request_id, "status")))
 
     async def result(self, deployment_id: str, request_id: str) -> RequestResult:
-        return read_result(request_id, await self._http.request(
-            "GET", self._path(deployment_id, request_id, "result")), self._storage)
+        return read_result(request_id, await self._call(
+            deployment_id, "GET", self._path(deployment_id, request_id, "result")), self._storage)
 
     async def cancel(self, deployment_id: str, request_id: str) -> bool:
         """Ask to cancel; True if accepted. The request may take a moment to stop."""
-        return cancel_accepted(await self._http.request(
-            "POST", self._path(deployment_id, request_id, "cancel"), idempotent=True))
+        return cancel_accepted(await self._call(
+            deployment_id, "POST", self._path(deployment_id, request_id, "cancel"), idempotent=True))
+
+    # --- the Deployment API (reads) -------------------------------------------------------------
+
+    @staticmethod
+    def _includes(payload: bool, readme: bool) -> list[tuple[str, str]]:
+        return [("includes", name) for name, wanted in (("payload", payload), ("readme", readme)) if wanted]
+
+    async def get(self, deployment_id: str, *, payload: bool = False, readme: bool = False) -> Deployment:
+        """One deployment; `payload=True` adds its saved workflow, default overrides and the
+        address of its node schemas, `readme=True` its README."""
+        reply = await self._call(deployment_id, "GET", f"{V2}/{quote(deployment_id, safe='')}",
+                                 params=self._includes(payload, readme))
+        return Deployment.from_reply(reply)
+
+    async def list(self, ids: Sequence[str] | None = None, *, payload: bool = False,
+                   readme: bool = False) -> builtins.list[Deployment]:
+        """The account's deployments (those named in `ids`, if given); `payload` and `readme` as
+        in `get`."""
+        if isinstance(ids, str):
+            ids = [ids]
+        params = [("ids", i) for i in ids or ()] + self._includes(payload, readme)
+        reply = await self._http.request("GET", V2, params=params)
+        items = reply if isinstance(reply, builtins.list) else (
+            reply.get("deployments", []) if isinstance(reply, dict) else [])
+        return [Deployment.from_reply(item) for item in items if isinstance(item, Mapping)]
+
+    # --- the instance proxy ---------------------------------------------------------------------
+
+    async def proxy(self, deployment_id: str, instance_id: str, path: str, body: Any = None, *,
+                    method: str = "POST") -> Any:
+        """Call the ComfyUI of a live instance (the `instance_id` of a request, from in_progress until
+        the deployment's keep-warm period ends), e.g. `proxy(dep, inst, "api/free",
+        {"unload_models": True, "free_memory": True})`. Returns the backend's reply: JSON, text,
+        or None for an empty body. POST is what the API documents; GET is forwarded by the emulator
+        and may be refused by the service. Only GET calls are retried."""
+        method = method.upper()
+        route = quote(str(path).lstrip("/"), safe="/?&=")
+        url = (f"{V2}/{quote(deployment_id, safe='')}/instances/{quote(instance_id, safe='')}"
+               f"/proxy/{route}")
+        json_body = None if method in ("GET", "HEAD") else ({} if body is None else body)
+        try:
+            return await self._call(deployment_id, method, url, json=json_body)
+        except NotFound as exc:
+            if exc.code != 404001:  # the backend's own 404
+                raise NotFound(f"{SERVICE}: the ComfyUI of instance {instance_id} has no route "
+                               f"{route!r} ({method}).", status=exc.status, code=exc.code,
+                               detail=exc.detail) from None
+            reason = exc.detail.get("error_message") if isinstance(exc.detail, dict) else None
+            raise NotFound(
+                f"{SERVICE}: instance {instance_id} of deployment {deployment_id} is not reachable"
+                f"{f' ({reason})' if reason else ''}. The proxy reaches an instance from its request's "
+                "in_progress until the deployment's keep-warm period ends: use the instance_id of a "
+                "request that is running or has just finished.",
+                status=exc.status, code=exc.code, detail=exc.detail) from None
+
+    async def object_info(self, deployment_id: str, instance_id: str | None = None, *,
+                          refresh: bool = False) -> dict[str, Any]:
+        """The node schemas (`/object_info`) of the deployment's ComfyUI: from a live instance
+        through the proxy (GET) when `instance_id` is given and that works, else from the
+        `object_info_url` of the deployment's payload. Cached per deployment; `refresh=True`
+        reads again. Do not modify what it returns."""
+        if refresh or deployment_id not in self._object_info:
+            self._object_info[deployment_id] = await self._read_object_info(deployment_id, instance_id)
+        return self._object_info[deployment_id]
+
+    async def _read_object_info(self, deployment_id: str, instance_id: str | None,
+                                deployment: Deployment | None = None) -> dict[str, Any]:
+        if instance_id:
+            try:  # the instance is gone (404), or the service forwards only POST (404/405)
+                reply = await self.proxy(deployment_id, instance_id, "object_info", method="GET")
+            except (NotFound, BadRequest):
+                reply = None
+            if isinstance(reply, dict) and reply:
+                return reply
+        deployment = deployment or await self.get(deployment_id, payload=True)
+        url = deployment.payload.object_info_url if deployment.payload else None
+        if not url:
+            raise APIError(f"{SERVICE}: deployment {deployment_id} has no object_info_url in its "
+                           "payload (a LoRA deployment has no ComfyUI nodes to check).")
+        base = self._http.base_url
+        if url.startswith(("/", f"{base}/prod/")):  # the API's own route: it needs our token
+            reply = await self._http.request("GET", url.removeprefix(base), timeout=120.0)
+        else:  # anywhere else (a storage host) never gets our credentials
+            data = await self._storage.read(Media.from_url(url, filename="object_info.json",
+                                                           fetcher=self._storage))
+            try:
+                reply = json.loads(data)
+            except ValueError:
+                reply = None
+        if not isinstance(reply, dict) or not reply:
+            raise APIError(f"{SERVICE}: the node schemas of deployment {deployment_id} are not a "
+                           "JSON object of node classes.")
+        return reply
+
+    async def _nodes(self, deployment_id: str, deployment: Deployment,
+                     instance_id: str | None) -> dict[str, Any]:
+        """The deployment's node schemas, read again only when the deployment changed."""
+        version = (deployment.workflow_id, deployment.workflow_version, deployment.updated_at)
+        if self._object_info_of.get(deployment_id) != version or deployment_id not in self._object_info:
+            self._object_info[deployment_id] = await self._read_object_info(deployment_id, instance_id,
+                                                                            deployment)
+            self._object_info_of[deployment_id] = version
+        return self._object_info[deployment_id]
+
+    async def validate(self, deployment_id: str, overrides: Mapping[Any, Any] | None = None, *,
+                       workflow: Workflow | Mapping[str, Any] | None = None,
+                       instance_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """Check `overrides` against the deployment's saved workflow and its real nodes (or, with
+        `workflow=`, every node of that workflow against the nodes) before anything is paid for:
+        unknown node or input (with a did-you-mean), wrong type, value not in its list, out of
+        range. Raises one ValidationError naming every problem; returns the overrides keyed by node
+        id (titles and unique class names resolved; `{}` with `workflow=`). Reads the deployment
+        (GET) each time; its node schemas are cached until the deployment changes."""
+        deployment = await self.get(deployment_id, payload=True)
+        if workflow is not None:
+            check_workflow(workflow if isinstance(workflow, Workflow) else Workflow(workflow),
+                           await self._nodes(deployment_id, deployment, instance_id),
+                           what=f"the workflow for deployment {deployment_id}")
+            return {}
+        saved = deployment.payload.workflow if deployment.payload else None
+        if saved is None:
+            raise ValidationError(f"Deployment {deployment_id} has no saved ComfyUI workflow to check "
+                                  "overrides against (a LoRA deployment takes inputs=...).")
+        nodes = await self._nodes(deployment_id, deployment, instance_id)
+        return check_overrides(saved, overrides or {}, nodes,
+                               what=f"the overrides for deployment {deployment_id}")
 
 
 # --- the queue protocol the Serverless and Model APIs share ------------------------------------

@@ -6,6 +6,26 @@ absolute `*_url` fields echo the prefix and host the client used. Output files a
 `/storage/output/{rid}/{filename}`, without auth, and refuse (403, recorded in `Emulator.leaks`) any
 request that carries `Authorization` or `X-API-Key`.
 
+Deployment API reads and the instance proxy, under `/prod/v2` only (bearer token):
+- GET `/deployments` — a bare JSON array of deployment objects (deleted ones left out); `?ids=a&ids=b`
+  filters (unknown ids are skipped); `includes=payload` adds `payload: {workflow_api_json, overrides,
+  object_info_url}` (`null` for a LoRA deployment), `includes=readme` adds `readme` (markdown).
+- GET `/deployments/{id}` — one deployment object, same `includes`; 404/404001 if unknown or deleted.
+- GET `/deployments/{id}/object_info` — emulator route the payload's `object_info_url` names (bearer
+  token, as the official MCP server sends it); with `object_info_public` the URL is
+  `/storage/object_info/{id}.json` instead, served like output files (no credentials accepted).
+- POST (and GET, unless `proxy_get` is false: then 405 `{"detail": "Method Not Allowed"}`)
+  `/deployments/{id}/instances/{instance_id}/proxy/{path}` — the instance's ComfyUI while the instance
+  is up (running a request, or idle for less than `keep_warm_duration_in_seconds` virtual seconds);
+  otherwise 404 `{"error_code": 404001, "error_message": "Instance not found or no longer running"}`.
+  The backend answers `free` / `api/free` (POST: 200, empty body) and `object_info[/{class}]` (GET:
+  `comfyui.node_schemas` with the workflow's checkpoints), else aiohttp's plain-text 404 / 405.
+  An instance that outlived its keep-warm period is gone for good: the next request gets a new one.
+
+Gating (queue calls, HTTP 200 with a body-level code, as clients have seen): a deployment with
+`deleted: true` answers every queue call with 10003 DeletedDeployment; one with `is_enabled: false`
+answers submits with 10002 DisabledDeployment.
+
 Default deployments (deployments.json; workflows from its "presets"):
 - `dep-flux-kontext` — ComfyUI, preset "image": 4 CheckpointLoaderSimple, 5 EmptyLatentImage
   (512×512, batch_size 2), 6 CLIPTextEncode "CLIP Text Encode (Positive Prompt)", 7 CLIPTextEncode
@@ -23,7 +43,12 @@ A deployment entry: `id`, `type` ("comfyui" | "lora"), `preset` or `workflow` (c
 (lora), `run_seconds` (virtual, default 4), `jitter` (run time × uniform(1-j, 1+j), default 0),
 `queue_seconds` (extra pre-start wait per job), `instances` (workers, default 1), `status_style`
 ("documented" | "live"), `needs_comfy_key`, `caption` (comfyui: add the `38:42` text output; default
-true), `faults` (armed at start, see faults.py).
+true), `faults` (armed at start, see faults.py); the deployment object's fields `name`,
+`workflow_id`, `workflow_version`, `hardware`, `min_instances` (reported only: instances start on
+demand), `queue_size`,
+`keep_warm_duration_in_seconds` (default 60), `status`, `is_enabled`, `created_at`, `updated_at`
+(`max_instances` is `instances`), `overrides` (the payload's default overrides; default: every node's
+unlinked saved values), `readme`, and the switches `deleted`, `object_info_public`, `proxy_get`.
 
 Status styles: "documented" — status says `completed` for success or failure and `cancelled`; cancel
 answers 202 `{"request_id", "status": "completed", "outcome": "cancelled" | "not_cancellable"}`.
@@ -37,19 +62,32 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import json
+import math
 import mimetypes
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from . import comfyui, synth, validation
 from . import faults as faults_
-from . import synth, validation
 from .envelope import absolute, error, iso, origin
 from .validation import Invalid
 
+# The deployment object's fields (api/serverless.md) and their defaults; `max_instances` is `instances`.
+DEPLOYMENT_DEFAULTS: dict[str, Any] = {
+    "workflow_version": "v1", "hardware": ["AMPERE_48"], "min_instances": 0, "queue_size": 1,
+    "keep_warm_duration_in_seconds": 60, "status": "standby", "is_enabled": True,
+    "created_at": "2025-09-01T10:00:00Z", "updated_at": "2025-09-01T10:00:00Z",
+    "deleted": False, "object_info_public": False, "proxy_get": True,
+}
+DEPLOYMENT_FIELDS = ("id", "name", "workflow_id", "workflow_version", "hardware", "min_instances",
+                     "max_instances", "queue_size", "keep_warm_duration_in_seconds", "status", "is_enabled",
+                     "created_at", "updated_at")
 CANCEL_SETTLE_SECONDS = 0.5  # "live" style: cancellation_requested → canceled, virtual seconds
 NEEDS_KEY = ("Partner node 'OpenAIImageNode' needs a Comfy API key: send extra_data.api_key_comfy_org "
              "(a key from platform.comfy.org)")
@@ -87,18 +125,39 @@ class Request:
 
 @dataclass
 class Pool:
-    """A deployment's instances: idle ones, and the requests waiting for one, first come first served."""
+    """A deployment's instances: idle ones, and the requests waiting for one, first come first served.
+    An instance is up while it runs a request and for `keep_warm` virtual seconds after; a request
+    that finds its instance scaled down starts a new one (with a new id)."""
 
     free: list[str]
+    new_id: Callable[[], str] = field(default=lambda: f"i-{uuid.uuid4().hex[:6]}")
+    keep_warm: float = math.inf  # virtual seconds; inf: never scales down (the Model API's workers)
+    speed: float = 1.0  # virtual seconds per real second
     line: list[Request] = field(default_factory=list)
+    busy: set[str] = field(default_factory=set)
+    idle_since: dict[str, float] = field(default_factory=dict)  # monotonic real time
+
+    def alive(self, instance: str) -> bool:
+        """Whether the instance is up: running a request, or idle within its keep-warm period."""
+        if instance in self.busy:
+            return True
+        since = self.idle_since.get(instance)
+        return since is not None and (time.monotonic() - since) * self.speed < self.keep_warm
 
     def dispatch(self) -> None:
         while self.free and self.line:
             request = self.line.pop(0)
             if request.turn is not None and not request.turn.done():
-                request.turn.set_result(self.free.pop(0))
+                instance = self.free.pop(0)
+                if instance in self.idle_since and not self.alive(instance):  # scaled down
+                    del self.idle_since[instance]
+                    instance = self.new_id()
+                self.busy.add(instance)
+                request.turn.set_result(instance)
 
     def release(self, instance: str) -> None:
+        self.busy.discard(instance)
+        self.idle_since[instance] = time.monotonic()
         self.free.append(instance)
         self.dispatch()
 
@@ -129,13 +188,19 @@ class Serverless:
         config.setdefault("jitter", 0.0)
         config.setdefault("queue_seconds", 0.0)
         config.setdefault("status_style", "documented")
+        for key, default in DEPLOYMENT_DEFAULTS.items():
+            config.setdefault(key, copy.deepcopy(default))
+        config.setdefault("name", config["id"])
         if config["type"] == "comfyui":
             preset = config.setdefault("preset", "image")
             if "workflow" not in config:
                 if preset not in self.state.presets:
                     raise ValueError(f"deployment {config['id']}: no preset {preset!r}")
                 config["workflow"] = copy.deepcopy(self.state.presets[preset])
+            config.setdefault("workflow_id", str(uuid.uuid5(uuid.NAMESPACE_URL, config["id"])))
+            config.setdefault("overrides", _default_overrides(config["workflow"]))
         elif config["type"] == "lora":
+            config.setdefault("workflow_id", None)
             schema = config.setdefault("schema", {"properties": {"prompt": {"type": "string"}}})
             for name, spec in schema.get("properties", {}).items():
                 if spec.get("type", "string") not in validation.JSON_TYPES:
@@ -146,14 +211,46 @@ class Serverless:
             raise ValueError(f"deployment {config['id']}: status_style is \"documented\" or \"live\"")
         if int(config["instances"]) < 1:
             raise ValueError(f"deployment {config['id']}: instances must be at least 1")
+        if float(config["keep_warm_duration_in_seconds"]) < 0:
+            raise ValueError(f"deployment {config['id']}: keep_warm_duration_in_seconds must be >= 0")
         for spec in config.pop("faults", []):
             self.faults.add(faults_.Fault.from_spec(spec, config["id"]))
         old = self.deployments.get(config["id"])
         self.deployments[config["id"]] = config
+        keep_warm = float(config["keep_warm_duration_in_seconds"])
         if old is None or old["instances"] != config["instances"]:
             # jobs already waiting keep the old pool; new ones use the new size
-            self.pools[config["id"]] = Pool([f"i-{next(self._instance):06x}"
-                                             for _ in range(int(config["instances"]))])
+            self.pools[config["id"]] = Pool([self._new_instance() for _ in range(int(config["instances"]))],
+                                            self._new_instance, keep_warm, self.state.clock.speed)
+        self.pools[config["id"]].keep_warm = keep_warm
+
+    def _new_instance(self) -> str:
+        return f"i-{next(self._instance):06x}"
+
+    def describe(self, dep: dict[str, Any], host: str, includes: set[str]) -> dict[str, Any]:
+        """The deployment object of the Deployment API; `includes` may ask for "payload", "readme"."""
+        values = {**dep, "max_instances": int(dep["instances"])}
+        body: dict[str, Any] = {key: values[key] for key in DEPLOYMENT_FIELDS}
+        if "payload" in includes:
+            if dep["type"] == "lora":
+                body["payload"] = None
+            else:
+                url = (f"{host}/storage/object_info/{dep['id']}.json" if dep["object_info_public"]
+                       else f"{host}/prod/v2/deployments/{dep['id']}/object_info")
+                body["payload"] = {"workflow_api_json": dep["workflow"], "overrides": dep["overrides"],
+                                   "object_info_url": url}
+        if "readme" in includes:
+            body["readme"] = dep.get("readme") or (
+                f"# {dep['name']}\n\nServerless deployment of workflow `{dep['workflow_id']}` "
+                f"({dep['workflow_version']}) on {', '.join(dep['hardware'])}.\n")
+        return body
+
+    def node_schemas(self, dep: dict[str, Any]) -> dict[str, Any]:
+        """`/object_info` of the deployment's ComfyUI: the stock classes, its checkpoints installed."""
+        checkpoints = [node["inputs"]["ckpt_name"] for node in dep.get("workflow", {}).values()
+                       if node.get("class_type") == "CheckpointLoaderSimple"
+                       and isinstance(node.get("inputs", {}).get("ckpt_name"), str)]
+        return comfyui.node_schemas(checkpoints, ["example.png"])
 
     # --- lifecycle -------------------------------------------------------------------------
     def create(self, dep: dict[str, Any], body: dict[str, Any]) -> Request:
@@ -283,6 +380,16 @@ class Serverless:
         return outputs, files
 
 
+def _default_overrides(workflow: dict[str, Any]) -> dict[str, Any]:
+    """A payload's default overrides: every node's own (unlinked) values, as saved."""
+    overrides = {}
+    for node_id, node in workflow.items():
+        values = {k: v for k, v in node.get("inputs", {}).items() if not isinstance(v, list)}
+        if values:
+            overrides[node_id] = {"inputs": values}
+    return overrides
+
+
 # --- routes ------------------------------------------------------------------------------------
 
 KEY = web.AppKey("serverless", Serverless)
@@ -318,9 +425,18 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
     table = web.RouteTableDef()
     faults = serverless.faults
 
-    def lookup(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+    def lookup(request: web.Request,
+               submit: bool = False) -> tuple[dict[str, Any] | None, web.Response | None]:
+        """The deployment a queue call names, or the refusal: 404, or HTTP 200 with a body-level
+        10003 (deleted) or, for a submit, 10002 (disabled)."""
         dep = serverless.deployments.get(request.match_info["dep"])
-        return (dep, None) if dep else (None, error(404, 404001, "Deployment not found"))
+        if dep is None:
+            return None, error(404, 404001, "Deployment not found")
+        if dep["deleted"]:
+            return None, error(200, 10003, f"DeletedDeployment: deployment {dep['id']} has been deleted")
+        if submit and not dep["is_enabled"]:
+            return None, error(200, 10002, f"DisabledDeployment: deployment {dep['id']} is disabled")
+        return dep, None
 
     async def target(request: web.Request, operation: str) -> tuple[Any, Any, web.StreamResponse | None]:
         """The deployment and request a call names, or the error (or fault) to answer with."""
@@ -340,7 +456,7 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
 
         @table.post(f"{base}/inference")
         async def submit(request: web.Request, prefix: str = prefix) -> web.StreamResponse:
-            dep, missing = lookup(request)
+            dep, missing = lookup(request, submit=True)
             if missing:
                 return missing
             fault = faults.take(dep["id"], "submit", faults_.REQUEST_FAULTS)
@@ -401,6 +517,72 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
                 return web.json_response({"request_id": job.id, "status": state}, status=202)
             return web.json_response({"request_id": job.id, "status": "completed",
                                       "outcome": "cancelled" if accepted else "not_cancellable"}, status=202)
+
+    # --- the Deployment API (reads) and the instance proxy: /prod/v2 only ---------------------
+    def listed(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+        dep = serverless.deployments.get(request.match_info["dep"])
+        if dep is None or dep["deleted"]:
+            return None, error(404, 404001, "Deployment not found")
+        return dep, None
+
+    @table.get("/prod/v2/deployments")
+    async def list_deployments(request: web.Request) -> web.StreamResponse:
+        ids = request.query.getall("ids", [])
+        includes = set(request.query.getall("includes", []))
+        return web.json_response([serverless.describe(dep, origin(request), includes)
+                                  for dep in serverless.deployments.values()
+                                  if not dep["deleted"] and (not ids or dep["id"] in ids)])
+
+    @table.get("/prod/v2/deployments/{dep}")
+    async def get_deployment(request: web.Request) -> web.StreamResponse:
+        dep, missing = listed(request)
+        if missing:
+            return missing
+        return web.json_response(serverless.describe(dep, origin(request),
+                                                     set(request.query.getall("includes", []))))
+
+    @table.get("/prod/v2/deployments/{dep}/object_info")
+    async def deployment_object_info(request: web.Request) -> web.StreamResponse:
+        dep, missing = listed(request)
+        if missing or dep["type"] != "comfyui":
+            return missing or error(404, 404001, "Deployment has no ComfyUI workflow")
+        return web.json_response(serverless.node_schemas(dep))
+
+    @table.get("/storage/object_info/{dep}.json")
+    async def public_object_info(request: web.Request) -> web.StreamResponse:
+        dep = serverless.deployments.get(request.match_info["dep"])
+        data = None
+        if dep is not None and dep["type"] == "comfyui" and dep["object_info_public"]:
+            data = json.dumps(serverless.node_schemas(dep)).encode()
+        return await serve_file(request, serverless.state, data, request.match_info["dep"])
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        dep, missing = listed(request)
+        if missing:
+            return missing
+        if request.method == "GET" and not dep["proxy_get"]:
+            return web.json_response({"detail": "Method Not Allowed"}, status=405)
+        pool = serverless.pools[dep["id"]]
+        if not pool.alive(request.match_info["instance"]):
+            return error(404, 404001, "Instance not found or no longer running")
+        route = request.match_info["path"].removeprefix("api/")
+        name = "object_info" if route.startswith("object_info/") else route
+        method = {"free": "POST", "object_info": "GET"}.get(name)
+        if method is None:  # what the instance's ComfyUI (aiohttp) answers
+            return web.Response(status=404, text="404: Not Found")
+        if request.method != method:
+            return web.Response(status=405, text="405: Method Not Allowed")
+        if route == "free":
+            return web.Response(status=200)
+        schemas = serverless.node_schemas(dep)
+        if route.startswith("object_info/"):
+            name = route.removeprefix("object_info/")
+            return web.json_response({name: schemas[name]} if name in schemas else {})
+        return web.json_response(schemas)
+
+    proxy_path = "/prod/v2/deployments/{dep}/instances/{instance}/proxy/{path:.+}"
+    table.post(proxy_path)(proxy)
+    table.get(proxy_path)(proxy)
 
     @table.get("/storage/output/{rid}/{filename}")
     async def output_file(request: web.Request) -> web.StreamResponse:
