@@ -16,6 +16,8 @@ _EXPORTS = {
     "RunComfy": "facade",
     "AsyncComfyUI": "clients.comfyui",
     "ComfyUI": "facade",
+    "AsyncComfyCloud": "clients.cloud",
+    "ComfyCloud": "facade",
     "Config": "config",
     "Secret": "config",
     "Job": "jobs",
@@ -29,9 +31,9 @@ _EXPORTS = {
     "MachinePanel": "widgets",
     **dict.fromkeys(
         ["RunComfyError", "ConfigError", "MissingCredentials", "ValidationError", "APIError",
-         "AuthError", "PaymentRequired", "RateLimited", "NotFound", "BadRequest", "ServerError",
-         "TransportError", "SubmitUncertain", "JobError", "JobFailed", "JobCancelled",
-         "JobTimeout"],
+         "AuthError", "PaymentRequired", "SubscriptionInactive", "RateLimited", "NotFound",
+         "BadRequest", "ServerError", "TransportError", "SubmitUncertain", "JobError", "JobFailed",
+         "JobCancelled", "JobTimeout"],
         "errors",
     ),
 }
@@ -39,6 +41,7 @@ __all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension", 
 
 if TYPE_CHECKING:
     from .client import AsyncRunComfy
+    from .clients.cloud import AsyncComfyCloud
     from .clients.comfyui import AsyncComfyUI
     from .config import Config, Secret
     from .emulator import Emulator
@@ -58,10 +61,11 @@ if TYPE_CHECKING:
         RunComfyError,
         ServerError,
         SubmitUncertain,
+        SubscriptionInactive,
         TransportError,
         ValidationError,
     )
-    from .facade import ComfyUI, RunComfy
+    from .facade import ComfyCloud, ComfyUI, RunComfy
     from .jobs import Job, JobResult, Status
     from .media import Media
     from .widgets import Gallery, JobProgress, MachinePanel

@@ -7,6 +7,7 @@
     ├── APIError                the server said no (`.status`, `.code`, `.message`)
     │   ├── AuthError           401 / 403: token missing, wrong or not yours
     │   ├── PaymentRequired     402 or insufficient funds: top up the balance
+    │   │   └── SubscriptionInactive  Comfy Cloud's 429: no active subscription (never retried)
     │   ├── RateLimited         429: `.retry_after` seconds, after the retry budget was spent
     │   ├── NotFound            404: unknown deployment, request or file
     │   ├── BadRequest          400 / 422: the server's own message says what is wrong
@@ -60,6 +61,10 @@ class AuthError(APIError):
 
 
 class PaymentRequired(APIError):
+    pass
+
+
+class SubscriptionInactive(PaymentRequired):
     pass
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .client import AsyncRunComfy
+from .clients.cloud import AsyncComfyCloud
 from .clients.comfyui import AsyncComfyUI
 from .sync import blocking_class
 
@@ -14,4 +15,8 @@ ComfyUI = blocking_class(
     AsyncComfyUI, "Any ComfyUI server, blocking: `AsyncComfyUI` run on a background loop."
 )
 
-__all__ = ["ComfyUI", "RunComfy"]
+ComfyCloud = blocking_class(
+    AsyncComfyCloud, "Comfy Cloud, blocking: `AsyncComfyCloud` run on a background loop."
+)
+
+__all__ = ["ComfyCloud", "ComfyUI", "RunComfy"]

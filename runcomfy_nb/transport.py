@@ -107,8 +107,9 @@ def _detail(body: Any) -> str:
 
 
 # Codes whose meaning the HTTP status may not carry (a 2xx body-level error, or a plain 400):
-# serverless InsufficientFunds, Model API InsufficientResources and UserAccountError.
-_CODE_KIND = {10001: 402, 400002: 402, 400004: 401}
+# serverless InsufficientFunds, DisabledDeployment (a refusal: 409) and DeletedDeployment (404),
+# Model API InsufficientResources and UserAccountError.
+_CODE_KIND = {10001: 402, 10002: 409, 10003: 404, 400002: 402, 400004: 401}
 
 
 def api_error(status: int, body: Any, headers: Mapping[str, str], service: str) -> APIError:
@@ -179,8 +180,13 @@ def _retry_hook(idempotent: bool) -> Callable[[Exception], bool | float]:
     return hook
 
 
+ErrorMapper = Callable[[int, Any, Mapping[str, str], str], APIError]
+
+
 class Transport:
-    """Calls one API at `base_url`; `auth` maps header names to secrets added to each request."""
+    """Calls one API at `base_url`; `auth` maps header names to secrets added to each request.
+    `errors` turns an error reply into the exception (an API whose statuses mean something else,
+    like Comfy Cloud's 429 "subscription inactive", brings its own); retries follow the class."""
 
     def __init__(
         self,
@@ -193,8 +199,10 @@ class Transport:
         limiter: RateLimiter | None = None,
         attempts: int = 5,
         retry_timeout: float = 60.0,
+        errors: ErrorMapper = api_error,
     ) -> None:
         self.service = service
+        self._errors = errors
         self._auth = dict(auth or {})
         self._scheme = auth_scheme
         self._limiter = limiter
@@ -261,11 +269,11 @@ class Transport:
         response = await self._client.request(method, path, headers=headers, **kwargs)
         if response.status_code >= 400:
             await response.aread()
-            raise api_error(response.status_code, _parse(response), response.headers, self.service)
+            raise self._errors(response.status_code, _parse(response), response.headers, self.service)
         body = _parse(response) if response.headers.get("content-type", "").startswith(
             "application/json") else None
         if isinstance(body, dict) and body.get("error_code") is not None:
-            raise api_error(response.status_code, body, response.headers, self.service)
+            raise self._errors(response.status_code, body, response.headers, self.service)
         return response
 
     async def aclose(self) -> None:

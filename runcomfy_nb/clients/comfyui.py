@@ -172,7 +172,7 @@ def _node_name(nodes: Mapping[str, Any], node_id: str, class_type: Any = None) -
     return f"node {node_id} ({cls})" if cls else f"node {node_id}"
 
 
-def rejection_message(body: Mapping[str, Any], nodes: Mapping[str, Any]) -> str:
+def rejection_message(body: Mapping[str, Any], nodes: Mapping[str, Any], service: str = SERVICE) -> str:
     """One readable text for a `/prompt` 400: the error, then one line per bad node input."""
     error = body.get("error") if isinstance(body.get("error"), Mapping) else {}
     head = str(error.get("message") or body.get("error") or "the prompt is invalid").strip().rstrip(".")
@@ -190,19 +190,19 @@ def rejection_message(body: Mapping[str, Any], nodes: Mapping[str, Any]) -> str:
             text = f"{what}: {_short(details)}" if details and str(details) not in what else what
             lines.append(f"  - {where}: {text}")
     if lines:
-        return f"The {SERVICE} rejected the prompt ({head}):\n" + "\n".join(lines)
+        return f"The {service} rejected the prompt ({head}):\n" + "\n".join(lines)
     details = error.get("details")
     more = f": {_short(details)}" if details and str(details) not in head else ""
-    return f"The {SERVICE} rejected the prompt ({head}{more})."
+    return f"The {service} rejected the prompt ({head}{more})."
 
 
-def execution_error_message(data: Mapping[str, Any], nodes: Mapping[str, Any]) -> str:
+def execution_error_message(data: Mapping[str, Any], nodes: Mapping[str, Any], run: str = "ComfyUI") -> str:
     """Text for an `execution_error` (WebSocket or history): node, exception type and message."""
     node_id = data.get("node_id")
     where = _node_name(nodes, str(node_id), data.get("node_type")) if node_id is not None else "a node"
     kind = data.get("exception_type") or "error"
     message = str(data.get("exception_message") or "no message").strip()
-    return f"The ComfyUI run failed at {where}: {kind}: {message}"
+    return f"The {run} run failed at {where}: {kind}: {message}"
 
 
 def _new_client_id() -> str:
@@ -250,6 +250,10 @@ class AsyncComfyUI:
     """A ComfyUI server at `base_url` (e.g. a machine's `main_service_url`, or
     `http://127.0.0.1:8188`). `queue` returns a `Job` followed live over the WebSocket."""
 
+    service = SERVICE  # how messages name the server
+    kind = "comfyui"   # `Job.kind` of its jobs
+    label = "ComfyUI"  # the start of their default label
+
     def __init__(self, base_url: str | Secret, *, timeout: float = 30.0) -> None:
         raw = base_url.get() if isinstance(base_url, Secret) else base_url
         if not isinstance(raw, str) or not raw.strip():
@@ -262,7 +266,7 @@ class AsyncComfyUI:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValidationError("The ComfyUI server's address must be an http:// or https:// URL.")
         self._base = Secret(urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", "")))
-        self._http = Transport(self._base.get(), service=SERVICE, timeout=timeout)
+        self._http = self._transport(timeout)
         self._storage = Storage()
         self._fetcher = _ViewFetcher(self._storage)
         self._runs: set[_PromptRun] = set()
@@ -272,6 +276,9 @@ class AsyncComfyUI:
 
     def __repr__(self) -> str:
         return f"<AsyncComfyUI {SERVICE}>"
+
+    def _transport(self, timeout: float) -> Transport:
+        return Transport(self._base.get(), service=self.service, timeout=timeout)
 
     async def __aenter__(self) -> AsyncComfyUI:
         return self
@@ -283,8 +290,8 @@ class AsyncComfyUI:
         """Close the connections. Jobs still being followed are detached: they go on on the
         server, and `attach(prompt_id)` follows them again."""
         if self._runs:
-            log.warning("%d ComfyUI job(s) still running were detached; re-attach with "
-                        "attach(prompt_id).", len(self._runs))
+            log.warning("%d %s job(s) still running were detached; re-attach with "
+                        "attach(prompt_id).", len(self._runs), self.label)
         for run in list(self._runs):
             if run.job is not None:
                 run.job.detach()
@@ -304,7 +311,7 @@ class AsyncComfyUI:
             if not complete:
                 reply = await self._http.request("GET", "/object_info", timeout=120.0)
                 if not isinstance(reply, dict):
-                    raise APIError(f"The {SERVICE} sent no node list from /object_info.")
+                    raise APIError(f"The {self.service} sent no node list from /object_info.")
                 known, complete = reply, True
                 _OBJECT_INFO[key] = (complete, known)
             return known
@@ -316,7 +323,7 @@ class AsyncComfyUI:
             if isinstance(schema, dict):
                 _OBJECT_INFO[key] = (complete, {**known, node_class: schema})
                 return schema
-        raise ValidationError(f"The {SERVICE} has no node class {node_class!r} (is its custom node "
+        raise ValidationError(f"The {self.service} has no node class {node_class!r} (is its custom node "
                               "pack installed?).")
 
     async def upload(
@@ -356,16 +363,18 @@ class AsyncComfyUI:
                 "POST", "/upload/mask" if mask else "/upload/image", data=form,
                 files={"image": (name, data, mime_type(name))}, idempotent=True, timeout=300.0)
         except BadRequest as exc:
-            if exc.status == 413:
-                raise BadRequest(f"The {SERVICE} refused {name}: it is over the server's upload limit "
-                                 "(100 MB unless started with --max-upload-size).", status=413) from None
-            raise BadRequest(f"The {SERVICE} rejected the upload of {name} (HTTP {exc.status}): check "
-                             "the subfolder (it must stay inside the folder) and the file.",
-                             status=exc.status) from None
+            raise self._upload_refused(name, exc) from None
         if not isinstance(reply, dict) or not reply.get("name"):
-            raise APIError(f"The {SERVICE} took the upload of {name} but did not say where it put it.")
+            raise APIError(f"The {self.service} took the upload of {name} but did not say where it put it.")
         return UploadedFile(name=str(reply["name"]), subfolder=str(reply.get("subfolder") or ""),
                             type=str(reply.get("type") or type))
+
+    def _upload_refused(self, name: str, exc: BadRequest) -> BadRequest:
+        if exc.status == 413:
+            return BadRequest(f"The {self.service} refused {name}: it is over the server's upload limit "
+                              "(100 MB unless started with --max-upload-size).", status=413)
+        return BadRequest(f"The {self.service} rejected the upload of {name} (HTTP {exc.status}): check "
+                          "the subfolder (it must stay inside the folder) and the file.", status=exc.status)
 
     async def queue_status(self) -> QueueStatus:
         reply = await self._http.request("GET", "/queue")
@@ -435,6 +444,11 @@ class AsyncComfyUI:
         body = {"prompt_id": prompt_id} if prompt_id else None
         await self._http.request("POST", "/interrupt", json=body, idempotent=True)
 
+    async def _stop_running(self, prompt_id: str, status: QueueStatus) -> bool:
+        """Interrupt `prompt_id`, which `status` shows running; True if asked."""
+        await self.interrupt(prompt_id)
+        return True
+
     async def free(self, *, unload_models: bool = True, free_memory: bool = True) -> None:
         """Ask the server to unload models and free memory (done between prompts)."""
         await self._http.request("POST", "/free", idempotent=True,
@@ -453,7 +467,7 @@ class AsyncComfyUI:
         wf = workflow if isinstance(workflow, Workflow) else Workflow(workflow)
         if extra_data is not None and not isinstance(extra_data, Mapping):
             raise ValidationError("extra_data must be an object.")
-        run = _PromptRun(self, wf.data, client_id or _new_client_id())
+        run = self._new_run(wf.data, client_id or _new_client_id())
         await run.connect()  # before the POST, so no event of the prompt can be missed
         try:
             prompt_id, number = await self._post_prompt(wf, run.client_id, extra_data)
@@ -471,7 +485,7 @@ class AsyncComfyUI:
         if item is None:
             entry = await self.history(prompt_id)
             if entry is None:
-                raise NotFound(f"The {SERVICE} has no prompt {prompt_id} in its queue or history.")
+                raise NotFound(f"The {self.service} has no prompt {prompt_id} in its queue or history.")
             nodes = entry.workflow
             client_id = None
         else:
@@ -482,14 +496,17 @@ class AsyncComfyUI:
             client_id = theirs if theirs.startswith(CLIENT_ID_PREFIX) else _new_client_id()
         if workflow is not None:
             nodes = (workflow if isinstance(workflow, Workflow) else Workflow(workflow)).data
-        run = _PromptRun(self, nodes, client_id or _new_client_id())
+        run = self._new_run(nodes, client_id or _new_client_id())
         run.prompt_id = prompt_id
         if item is not None:
             await run.connect()
         return self._start(run, label)
 
+    def _new_run(self, nodes: Mapping[str, Any], client_id: str) -> _PromptRun:
+        return _PromptRun(self, nodes, client_id)
+
     def _start(self, run: _PromptRun, label: str | None) -> Job:
-        job = Job(run, kind="comfyui", id=run.prompt_id, label=label or f"ComfyUI · {run.prompt_id[:8]}")
+        job = Job(run, kind=self.kind, id=run.prompt_id, label=label or f"{self.label} · {run.prompt_id[:8]}")
         run.bind(job)
         self._runs.add(run)
         return job
@@ -498,13 +515,13 @@ class AsyncComfyUI:
         self, wf: Workflow, client_id: str, extra_data: Mapping[str, Any] | None,
     ) -> tuple[str, Any]:
         body: dict[str, Any] = {"prompt": wf.to_api(), "client_id": client_id}
-        if extra_data:
-            body["extra_data"] = dict(extra_data)
+        if extra_data:  # a Secret (e.g. api_key_comfy_org) is revealed in the request body only
+            body["extra_data"] = {k: v.get() if isinstance(v, Secret) else v for k, v in extra_data.items()}
         try:
             reply = await self._http.request("POST", "/prompt", json=body, idempotent=False)
         except BadRequest as exc:
             if isinstance(exc.detail, dict) and ("error" in exc.detail or "node_errors" in exc.detail):
-                error = ValidationError(rejection_message(exc.detail, wf.data))
+                error = ValidationError(rejection_message(exc.detail, wf.data, self.service))
                 error.detail = exc.detail  # type: ignore[attr-defined]
                 raise error from None
             raise
@@ -513,15 +530,15 @@ class AsyncComfyUI:
             found = await self._find_by_client_id(client_id)
             if found is None:
                 raise
-            log.info("The %s took prompt %s although its reply was lost.", SERVICE, found)
+            log.info("The %s took prompt %s although its reply was lost.", self.service, found)
             return found, None
         prompt_id = reply.get("prompt_id") if isinstance(reply, dict) else None
         if not prompt_id:
-            raise APIError(f"The {SERVICE} accepted the prompt but returned no prompt_id.")
+            raise APIError(f"The {self.service} accepted the prompt but returned no prompt_id.")
         dropped = reply.get("node_errors")
         if dropped:
             log.warning("%s", rejection_message({"error": {"message": "some outputs were dropped"},
-                                                 "node_errors": dropped}, wf.data))
+                                                 "node_errors": dropped}, wf.data, self.service))
         return str(prompt_id), reply.get("number")
 
     async def _find_by_client_id(self, client_id: str) -> str | None:
@@ -540,7 +557,7 @@ class AsyncComfyUI:
     # -- helpers shared with the job backend --
     def _view_url(self, filename: str, subfolder: str = "", type: str = "output") -> str:
         query = urlencode({"filename": filename, "subfolder": subfolder, "type": type})
-        return f"{self._base.get()}/view?{query}"
+        return f"{self._http.base_url}/view?{query}"
 
     def _media(self, outputs: Any) -> tuple[list[Media], list[str]]:
         """Media (with /view URLs) and text from ComfyUI `outputs`, per node or for one node."""
@@ -570,20 +587,26 @@ class AsyncComfyUI:
         elif status.get("status_str") == "error" or "execution_error" in messages:
             state = Status.FAILED
             data = messages.get("execution_error")
-            error = (execution_error_message(data, nodes) if isinstance(data, dict)
+            error = (self._failure_text(data, nodes) if isinstance(data, dict)
                      else "The ComfyUI run failed without details.")
         else:  # success, or an old server that records no status
             state = Status.SUCCEEDED
         media, text = self._media(raw.get("outputs")) if state is Status.SUCCEEDED else ([], [])
         return HistoryEntry(prompt_id, state, media, text, error, workflow=nodes, raw=raw)
 
+    def _failure_text(self, data: Mapping[str, Any], nodes: Mapping[str, Any]) -> str:
+        """What an `execution_error` says, for the exception."""
+        return execution_error_message(data, nodes)
+
+    def _ws_url(self, client_id: str) -> str:
+        parts = urlsplit(self._base.get())
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, parts.netloc, f"{parts.path}/ws", f"clientId={quote(client_id)}", ""))
+
     async def _open_socket(self, client_id: str) -> ClientConnection:
         from websockets.asyncio.client import connect
 
-        parts = urlsplit(self._base.get())
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        url = urlunsplit((scheme, parts.netloc, f"{parts.path}/ws", f"clientId={quote(client_id)}", ""))
-        ws = await connect(url, open_timeout=15, close_timeout=2, max_size=64 * 2**20,
+        ws = await connect(self._ws_url(client_id), open_timeout=15, close_timeout=2, max_size=64 * 2**20,
                            logger=_ws_log, user_agent_header=USER_AGENT)
         try:  # must be the first message: it asks for previews that name their prompt (type 4)
             await ws.send(json.dumps({"type": "feature_flags",
@@ -615,6 +638,7 @@ class _PromptRun:
     RECONNECT_TIMEOUT = 30.0
     MAX_DROPS = 20           # then follow the prompt by polling only
     HISTORY_WAIT = 5.0       # history is written a moment after execution_success
+    RECONNECT_WHEN_SILENT = True  # a quiet socket may have been unregistered (see _reconnect)
 
     def __init__(self, api: AsyncComfyUI, nodes: Mapping[str, Any], client_id: str) -> None:
         self.api = api
@@ -660,12 +684,13 @@ class _PromptRun:
     # -- socket --
     async def connect(self) -> None:
         try:
-            ws = await self.api._open_socket(self.client_id)
+            await self._open()
         except _WS_ERRORS as exc:
             log.warning("Could not open the %s's WebSocket (%s); the prompt is followed by polling, "
-                        "without live progress.", SERVICE, _ws_reason(exc))
-            return
-        self._adopt(ws)
+                        "without live progress.", self.api.service, _ws_reason(exc))
+
+    async def _open(self) -> None:
+        self._adopt(await self.api._open_socket(self.client_id))
 
     def _adopt(self, ws: ClientConnection) -> None:
         self._generation += 1
@@ -692,21 +717,23 @@ class _PromptRun:
                 await asyncio.wait_for(ws.close(), 3.0)
 
     async def _reconnect(self) -> None:
+        try:
+            await self._reopen()
+        except _WS_ERRORS as exc:
+            log.warning("Lost the %s's WebSocket and could not reconnect (%s); following prompt %s "
+                        "by polling.", self.api.service, _ws_reason(exc), self.prompt_id)
+
+    async def _reopen(self) -> None:
         # The old socket is closed first: the server keeps one socket per client id, and an old
         # one closing after the new one registered would unregister the new one.
         await self.close()
-        try:
-            async for attempt in stamina.retry_context(
-                on=_WS_ERRORS, attempts=self.RECONNECT_ATTEMPTS, timeout=self.RECONNECT_TIMEOUT,
-                wait_initial=0.25, wait_max=4.0,
-            ):
-                with attempt:
-                    ws = await self.api._open_socket(self.client_id)
-        except _WS_ERRORS as exc:
-            log.warning("Lost the %s's WebSocket and could not reconnect (%s); following prompt %s "
-                        "by polling.", SERVICE, _ws_reason(exc), self.prompt_id)
-            return
-        self._adopt(ws)
+        async for attempt in self._reconnect_attempts():
+            with attempt:
+                await self._open()
+
+    def _reconnect_attempts(self) -> Any:
+        return stamina.retry_context(on=_WS_ERRORS, attempts=self.RECONNECT_ATTEMPTS,
+                                     timeout=self.RECONNECT_TIMEOUT, wait_initial=0.25, wait_max=4.0)
 
     # -- the JobBackend protocol --
     async def run(self, job: Job) -> JobResult:
@@ -721,19 +748,17 @@ class _PromptRun:
             self.api._runs.discard(self)
 
     async def cancel(self) -> bool:
-        self._cancelling = True
         status = await self.api.queue_status()
+        accepted = False
         if self.prompt_id in status.pending:
             await self.api.delete_pending([self.prompt_id])
-            if self.prompt_id in (await self.api.queue_status()).running:  # it started meanwhile
-                await self.api.interrupt(self.prompt_id)
-        elif self.prompt_id in status.running:
-            await self.api.interrupt(self.prompt_id)  # it ends with execution_interrupted
-        else:
-            self.poke()
-            return False
+            status = await self.api.queue_status()
+            accepted = self.prompt_id not in status.running  # else it started meanwhile
+        if self.prompt_id in status.running:  # it ends with execution_interrupted
+            accepted = await self.api._stop_running(self.prompt_id, status)
+        self._cancelling = self._cancelling or accepted
         self.poke()
-        return True
+        return accepted
 
     # -- the loop --
     async def _next(self) -> JobResult | None:
@@ -760,7 +785,7 @@ class _PromptRun:
             self._binary(item)
             return None
         try:
-            message = json.loads(item)
+            message = item if isinstance(item, dict) else json.loads(item)
         except ValueError:
             return None
         return await self._message(message) if isinstance(message, dict) else None
@@ -776,8 +801,8 @@ class _PromptRun:
         silent = loop.time() - self._last_message
         if self._ws is None and self._drops <= self.MAX_DROPS and self._polls % 5 == 0:
             await self._reconnect()  # live events again once the socket is back
-        elif (self._ws is not None and self.job is not None and self.job.status is Status.RUNNING
-              and silent > 2 * self.IDLE_CHECK):
+        elif (self.RECONNECT_WHEN_SILENT and self._ws is not None and self.job is not None
+              and self.job.status is Status.RUNNING and silent > 2 * self.IDLE_CHECK):
             # The server may have unregistered our socket (see _reconnect); registering again
             # is cheap and it re-sends the running node.
             await self._reconnect()
@@ -830,10 +855,10 @@ class _PromptRun:
         elif kind == "execution_success":
             self._succeeded = True  # the outputs come from /history after the end marker
         elif kind == "execution_error":
-            raise JobFailed(execution_error_message(data, self.nodes), job_id=self.prompt_id,
+            raise JobFailed(self.api._failure_text(data, self.nodes), job_id=self.prompt_id,
                             detail=data)
         elif kind == "execution_interrupted":
-            raise JobCancelled(f"Prompt {self.prompt_id} was interrupted on the {SERVICE}.",
+            raise JobCancelled(f"Prompt {self.prompt_id} was interrupted on the {self.api.service}.",
                                job_id=self.prompt_id, detail=data)
         return None  # unknown and custom types are ignored
 
@@ -842,16 +867,19 @@ class _PromptRun:
         if job is None or len(frame) < 8:
             return
         kind, word = struct.unpack(">II", frame[:8])
-        if kind == 1:  # no prompt id: ours if we are running (the socket is this prompt's own)
+        if kind == 1:  # no prompt id: ours if we are running (the socket is this prompt's own,
+            # or Comfy Cloud's router found ours the only job running)
             if job.status is Status.RUNNING:
-                job.emit(Preview(frame[8:], _PREVIEW_MIME.get(word, "image/jpeg")))
+                job.emit(Preview(frame[8:], _PREVIEW_MIME.get(word, "image/jpeg"), self._current))
         elif kind == 4:
             try:
                 meta = json.loads(frame[8:8 + word])
             except ValueError:
                 return
             if isinstance(meta, dict) and meta.get("prompt_id") in (None, self.prompt_id):
-                job.emit(Preview(frame[8 + word:], str(meta.get("image_type") or "image/jpeg")))
+                node = meta.get("display_node_id") or meta.get("node_id") or self._current
+                job.emit(Preview(frame[8 + word:], str(meta.get("image_type") or "image/jpeg"),
+                                 str(node) if node is not None else None))
         # 3 (text to a node) and unknown types: nothing to show
 
     def _node_started(self, node: str) -> None:
@@ -896,10 +924,10 @@ class _PromptRun:
         deadline = loop.time() + self.HISTORY_WAIT
         while True:
             try:
-                entry = await self.api.history(self.prompt_id)
+                entry = await self._outcome()
             except RunComfyError as exc:
-                log.warning("Could not read prompt %s from the %s history: %s", self.prompt_id,
-                            SERVICE, exc)
+                log.warning("Could not read the outcome of prompt %s from the %s: %s", self.prompt_id,
+                            self.api.service, exc)
                 entry = None
             if entry is not None:
                 return self._settle(entry)
@@ -911,27 +939,37 @@ class _PromptRun:
             return JobResult(job_id=self.prompt_id, media=list(self._emitted), text=list(self._text))
         return await self._reconcile()
 
+    async def _outcome(self) -> HistoryEntry | None:
+        """The prompt's end (None while it is queued or running)."""
+        return await self.api.history(self.prompt_id)
+
+    def _follow_queue(self, status: QueueStatus) -> bool:
+        """Emit Started or Queued(position) from `status`; False if the prompt is in neither list."""
+        job = self.job
+        assert job is not None
+        if self.prompt_id in status.running:
+            if job.status is Status.QUEUED:
+                job.emit(Started())
+            return True
+        if self.prompt_id in status.pending:
+            position = status.position(self.prompt_id)
+            if job.status is Status.QUEUED and (position != job.position or not any(
+                    isinstance(e, Queued) for e in job.history)):
+                job.emit(Queued(position))
+            return True
+        return False
+
     async def _reconcile(self, max_age: float = 0.0) -> JobResult | None:
         """Where the prompt is now, from /queue then /history (in that order, so a prompt that
         finishes in between is found in the history)."""
-        job = self.job
-        assert job is not None
         for attempt in range(3):
             try:
-                status = await self.api._queue_snapshot(max_age if attempt == 0 else 0.0)
-                if self.prompt_id in status.running:
-                    if job.status is Status.QUEUED:
-                        job.emit(Started())
+                if self._follow_queue(await self.api._queue_snapshot(max_age if attempt == 0 else 0.0)):
                     return None
-                if self.prompt_id in status.pending:
-                    position = status.position(self.prompt_id)
-                    if job.status is Status.QUEUED and (position != job.position or not any(
-                            isinstance(e, Queued) for e in job.history)):
-                        job.emit(Queued(position))
-                    return None
-                entry = await self.api.history(self.prompt_id)
+                entry = await self._outcome()
             except RunComfyError as exc:
-                log.warning("Could not check prompt %s on the %s: %s", self.prompt_id, SERVICE, exc)
+                log.warning("Could not check prompt %s on the %s: %s", self.prompt_id, self.api.service,
+                            exc)
                 return None
             if entry is not None:
                 return self._settle(entry)
@@ -941,16 +979,16 @@ class _PromptRun:
             if attempt < 2:
                 await asyncio.sleep(0.3)
         raise JobFailed(f"Prompt {self.prompt_id} is neither queued nor in the history of the "
-                        f"{SERVICE}: it was deleted there, or the server restarted.",
+                        f"{self.api.service}: it was deleted there, or the server restarted.",
                         job_id=self.prompt_id)
 
     def _settle(self, entry: HistoryEntry) -> JobResult:
+        detail = entry.raw.get("execution_error") or entry.raw.get("status")  # Cloud's job, or history
         if entry.status is Status.CANCELLED:
-            raise JobCancelled(f"Prompt {self.prompt_id} was interrupted on the {SERVICE}.",
-                               job_id=self.prompt_id, detail=entry.raw.get("status"))
+            raise JobCancelled(f"Prompt {self.prompt_id} was interrupted on the {self.api.service}.",
+                               job_id=self.prompt_id, detail=detail)
         if entry.status is Status.FAILED:
-            raise JobFailed(entry.error or "The ComfyUI run failed.", job_id=self.prompt_id,
-                            detail=entry.raw.get("status"))
+            raise JobFailed(entry.error or "The ComfyUI run failed.", job_id=self.prompt_id, detail=detail)
         self._mark_done(*self.nodes)
         return entry.result
 

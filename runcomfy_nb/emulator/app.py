@@ -25,13 +25,13 @@ from typing import Any
 
 from aiohttp import web
 
-from . import comfyui, machines, models, serverless
+from . import cloud, comfyui, machines, models, serverless
 from .envelope import error
 from .faults import Fault, Faults
 
 # Each module: register(app, state). Order matters only where one needs another's objects
 # (comfyui serves the backends machines creates).
-MODULES = (serverless, machines, comfyui, models)
+MODULES = (serverless, machines, comfyui, models, cloud)
 
 
 @dataclass
@@ -62,10 +62,11 @@ class Clock:
 class State:
     """What every emulated API shares."""
 
-    token: str
+    token: str = field(repr=False)
     clock: Clock
     presets: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)
+    comfy_api_key: str = field(default="", repr=False)  # Comfy Cloud's main account (cloud.py)
     faults: Faults = field(default_factory=Faults)
     log: list[Record] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
@@ -87,8 +88,8 @@ def load_config(config: dict[str, Any] | str | Path | None) -> dict[str, Any]:
 @web.middleware
 async def _log_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     state = request.app[STATE]
-    record = Record(request.method, request.path, dict(request.query),
-                    "Authorization" in request.headers)
+    query = {k: "<redacted>" if k == "token" else v for k, v in request.query.items()}  # Cloud's WS key
+    record = Record(request.method, request.path, query, "Authorization" in request.headers)
     state.log.append(record)
     if request.path.startswith(tuple(state.bearer_prefixes)) and request.headers.get(
             "Authorization") != f"Bearer {state.token}":
@@ -146,16 +147,19 @@ class Emulator:
 
     `Emulator(speed=20).start()` returns the base URL; `with Emulator() as emu:` starts and stops.
     `speed`: virtual seconds per real second (all durations in the config are virtual). `token`: the
-    bearer token it accepts (default: a random `emu-…`). `config`: None (the packaged
-    deployments.json), a dict of the same shape, or a path to one. `port`: 0 picks a free one.
+    bearer token it accepts (default: a random `emu-…`). `comfy_api_key`: the Comfy Cloud account's
+    key (default: a random `comfyui-…`); Comfy Cloud is served at `cloud_url` (`{url}/cloud`, cloud.py).
+    `config`: None (the packaged deployments.json), a dict of the same shape, or a path to one (an
+    optional "cloud" object holds Comfy Cloud's settings). `port`: 0 picks a free one.
     """
 
     def __init__(self, *, speed: float = 1.0, token: str | None = None, port: int = 0,
-                 config: dict[str, Any] | str | Path | None = None) -> None:
+                 config: dict[str, Any] | str | Path | None = None, comfy_api_key: str | None = None) -> None:
         self.token = token or f"emu-{secrets.token_hex(12)}"
+        self.comfy_api_key = comfy_api_key or f"comfyui-{secrets.token_hex(32)}"
         raw = load_config(config)
         presets = raw.get("presets") or load_config(None)["presets"]
-        self.state = State(self.token, Clock(speed), presets, raw)
+        self.state = State(self.token, Clock(speed), presets, raw, comfy_api_key=self.comfy_api_key)
         self._config = raw
         self._port = port
         self.url = ""
@@ -165,6 +169,7 @@ class Emulator:
         self._serverless: serverless.Serverless | None = None
         self._machines: machines.Machines | None = None
         self._models: models.Models | None = None
+        self._cloud: cloud.Cloud | None = None
 
     def __repr__(self) -> str:
         return f"<Emulator {self.url or 'stopped'}>"
@@ -185,7 +190,7 @@ class Emulator:
         async def serve() -> None:
             app = create_app(self.state)
             self._serverless, self._machines = app[serverless.KEY], app[machines.KEY]
-            self._models = app[models.KEY]
+            self._models, self._cloud = app[models.KEY], app[cloud.KEY]
             # in-flight answers (a `delay` fault, say) get a moment, not aiohttp's default minute
             self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await self._runner.setup()
@@ -340,3 +345,29 @@ class Emulator:
         if workflow is None:
             raise KeyError(f"no workflow version {version_id!r}")
         return copy.deepcopy(self.state.presets[workflow.get("preset", "image")])
+
+    # --- Comfy Cloud ----------------------------------------------------------------------------
+    @property
+    def cloud_url(self) -> str:
+        """Comfy Cloud's base URL: `{cloud_url}/api/...`, `{cloud_url}/ws?clientId=&token=`."""
+        if not self.url:
+            raise RuntimeError("start the emulator first")
+        return f"{self.url}{cloud.BASE}"
+
+    def cloud_account(self, key: str | None = None, **changes: Any) -> dict[str, Any]:
+        """The Comfy Cloud account of `key` (default: comfy_api_key; an unknown key gets a new account)
+        after changing its `tier` ("standard", "creator", "pro"), `active` or `credits`: its user_id,
+        tier, active, credits."""
+        service = self._cloud
+        if service is None or self._thread is None:
+            raise RuntimeError("start the emulator first")
+        return self._call(lambda: service.account(key or self.comfy_api_key, **changes).settings())
+
+    def cloud_settings(self, **changes: Any) -> dict[str, Any]:
+        """Comfy Cloud's settings after `changes` (cloud.py): status_vocabulary ("guide", "openapi",
+        "newer"), step_seconds, node_seconds, load_seconds, partner_seconds, previews, url_seconds,
+        checkpoints."""
+        service = self._cloud
+        if service is None or self._thread is None:
+            raise RuntimeError("start the emulator first")
+        return self._call(lambda: service.configure(**changes))

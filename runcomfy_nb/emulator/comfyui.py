@@ -11,6 +11,9 @@ the same 400 bodies, the same message order and routing rules, the same history 
 one-socket-per-clientId quirk, output caching between prompts, and binary preview frames (type 1, or
 type 4 for a client whose first message announced `supports_preview_metadata`). Time is virtual: a
 sampler step takes `step_seconds`, other nodes `node_seconds`, a checkpoint load `load_seconds`.
+cloud.py runs the same engine as Comfy Cloud's inference workers, through the hooks `targets` (which
+sockets a message reaches), `client_of` (whom a prompt's messages are for) and `finished` (where a
+prompt's history entry goes).
 
 Faults (target: the server_id or "*"): `ws_drop` (on "ws"; params `at_step`, default half the steps:
 the prompt's sockets are cut mid-run, the prompt still completes), `node_raises` (on "run"; params
@@ -218,7 +221,7 @@ class Item:
     prompt: dict[str, Any]
     extra_data: dict[str, Any]
     outputs: list[str]
-    sensitive: dict[str, Any]
+    sensitive: dict[str, Any] = field(repr=False)  # the Comfy API key: kept out of everything echoed
     seq: int = 0
 
     def public(self) -> list[Any]:
@@ -411,19 +414,22 @@ class ComfyUI:
         return out
 
     # --- WebSocket -------------------------------------------------------------------------
+    def targets(self, sid: str | None) -> list[Socket]:
+        """The sockets a message for `sid` goes to: that client's, or every socket when None."""
+        if sid is None:
+            return list(self.sockets.values())
+        socket = self.sockets.get(sid)
+        return [socket] if socket is not None else []
+
     async def send(self, event: str, data: Any, sid: str | None = None) -> None:
         """send_sync: to `sid` only, or to every socket when `sid` is None."""
         text = json.dumps({"type": event, "data": data})
-        targets = list(self.sockets.values()) if sid is None else [
-            s for s in [self.sockets.get(sid)] if s is not None]
-        for socket in targets:
+        for socket in self.targets(sid):
             await _send(socket, text)
 
     async def send_preview(self, run: _Run, node_id: str, image: bytes) -> None:
         sid = run.client
-        targets = list(self.sockets.values()) if sid is None else [
-            s for s in [self.sockets.get(sid)] if s is not None]
-        for socket in targets:
+        for socket in self.targets(sid):
             if sid is not None and socket.flags.get("supports_preview_metadata"):
                 meta = json.dumps({"node_id": node_id, "prompt_id": run.item.prompt_id,
                                    "display_node_id": node_id, "parent_node_id": None,
@@ -581,9 +587,10 @@ class ComfyUI:
                 await self._wake.wait()
             item = self.sorted_pending()[0]
             self.pending.remove(item)
+            self._interrupt = False  # from here on an interrupt is this prompt's
             self.running = item
             await self.queue_updated()
-            run = _Run(item, item.extra_data.get("client_id"), _workflow_params(item.prompt))
+            run = _Run(item, self.client_of(item), _workflow_params(item.prompt))
             self.client_id = run.client
             try:
                 success = await self._execute(run)
@@ -598,14 +605,22 @@ class ComfyUI:
                                 "messages": run.messages},
                      "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n}
                               for n in run.ui}}
-            self.history[item.prompt_id] = entry
-            while len(self.history) > MAX_HISTORY:
-                self.history.pop(next(iter(self.history)))
+            await self.finished(item, entry)
             await self.queue_updated()
             if run.client is not None:
                 await self.send("executing", {"node": None, "prompt_id": item.prompt_id}, run.client)
             self.client_id = None
             self.last_node_id = None
+
+    def client_of(self, item: Item) -> str | None:
+        """The client a prompt's messages go to (None: only the broadcast ones are sent)."""
+        return item.extra_data.get("client_id")
+
+    async def finished(self, item: Item, entry: dict[str, Any]) -> None:
+        """A prompt ran (or failed, or was interrupted): keep its history entry."""
+        self.history[item.prompt_id] = entry
+        while len(self.history) > MAX_HISTORY:
+            self.history.pop(next(iter(self.history)))
 
     async def _message(self, run: _Run, event: str, data: dict[str, Any], broadcast: bool = False) -> None:
         data = {**data, "timestamp": int(time.time() * 1000)}
@@ -692,7 +707,6 @@ class ComfyUI:
                                                 "(154x2048 and 768x320)"))
 
     async def _execute(self, run: _Run) -> bool:
-        self._interrupt = False
         item, prompt = run.item, run.item.prompt
         await self._message(run, "execution_start", {"prompt_id": item.prompt_id})
         sigs = self._signatures(prompt)
@@ -791,11 +805,8 @@ class ComfyUI:
         return None
 
     def _drop_sockets(self, run: _Run) -> None:
-        sids = [run.client] if run.client in self.sockets else list(self.sockets)
-        for sid in sids:
-            socket = self.sockets.get(sid)
-            if socket is not None:
-                socket.abort()
+        for socket in self.targets(run.client) or self.targets(None):
+            socket.abort()
 
     def _save_images(self, params: dict[str, Any], prefix: str, kind: str) -> list[dict[str, Any]]:
         subfolder, filename, counter = self._save_path(prefix, kind)
@@ -1103,25 +1114,32 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
                 await backend.send("status", {"status": backend.queue_info(), "sid": sid}, sid)
                 if backend.client_id == sid and backend.last_node_id is not None:
                     await backend.send("executing", {"node": backend.last_node_id}, sid)
-                first_message = True
-                async for message in ws:
-                    if message.type != WSMsgType.TEXT:
-                        continue
-                    try:
-                        data = json.loads(message.data)
-                        if first_message and data.get("type") == "feature_flags":
-                            flags = data.get("data", {})
-                            socket.flags = flags if isinstance(flags, dict) else {}
-                            await backend.send("feature_flags", backend.features(), sid)
-                        first_message = False
-                    except Exception:
-                        pass
+                await listen(ws, socket, lambda: backend.send("feature_flags", backend.features(), sid))
             finally:
                 # as in ComfyUI: the id is forgotten even if a newer socket has taken it over
                 backend.sockets.pop(sid, None)
             return ws
 
     return table
+
+
+async def listen(ws: web.WebSocketResponse, socket: Socket,
+                 reply_flags: Callable[[], Awaitable[None]]) -> None:
+    """Read a client's messages until it goes: a first `feature_flags` message sets `socket.flags` and
+    is answered by `reply_flags()`; anything else is ignored."""
+    first_message = True
+    async for message in ws:
+        if message.type != WSMsgType.TEXT:
+            continue
+        try:
+            data = json.loads(message.data)
+            if first_message and data.get("type") == "feature_flags":
+                flags = data.get("data", {})
+                socket.flags = flags if isinstance(flags, dict) else {}
+                await reply_flags()
+            first_message = False
+        except Exception:
+            pass
 
 
 async def _upload(request: web.Request, backend: ComfyUI, *, mask: bool) -> web.StreamResponse:
@@ -1169,8 +1187,6 @@ async def _upload(request: web.Request, backend: ComfyUI, *, mask: bool) -> web.
 
 def _apply_mask(backend: ComfyUI, original_ref: str, mask: bytes) -> bytes | None:
     """The original image with the mask's alpha; None when the original is missing (nothing saved)."""
-    from PIL import Image
-
     try:
         ref = json.loads(original_ref)
         name, kind = _annotated(ref["filename"])
@@ -1181,16 +1197,21 @@ def _apply_mask(backend: ComfyUI, original_ref: str, mask: bytes) -> bytes | Non
         if ".." in posixpath.normpath(subfolder).split("/"):
             return None
         original = backend.files.get((kind, posixpath.normpath(posixpath.join(subfolder, name))))
-        if original is None:
-            return None
-        picture = Image.open(io.BytesIO(original)).convert("RGBA")
-        alpha = Image.open(io.BytesIO(mask)).convert("RGBA").getchannel("A").resize(picture.size)
-        picture.putalpha(alpha)
-        out = io.BytesIO()
-        picture.save(out, "PNG", compress_level=4)
-        return out.getvalue()
+        return None if original is None else mask_onto(original, mask)
     except Exception:
         return None
+
+
+def mask_onto(original: bytes, mask: bytes) -> bytes:
+    """The original image (PNG) with the mask's alpha channel."""
+    from PIL import Image
+
+    picture = Image.open(io.BytesIO(original)).convert("RGBA")
+    alpha = Image.open(io.BytesIO(mask)).convert("RGBA").getchannel("A").resize(picture.size)
+    picture.putalpha(alpha)
+    out = io.BytesIO()
+    picture.save(out, "PNG", compress_level=4)
+    return out.getvalue()
 
 
 async def _view(request: web.Request, backend: ComfyUI, faults: Any) -> web.StreamResponse:

@@ -1,10 +1,10 @@
 """Switchable faults: each applies to the next `count` matching requests (-1: all of them).
 
-A fault names a target (a deployment id, a server id, a workflow version id, a model id, or "*"), the
-operation it applies to (`on`; each fault has a default, see FAULTS) and its own params. Armed three
-ways: `Emulator.set_fault(target, name, count, on=..., **params)`, a deployment's or model's
-`"faults": [...]` in the config (`{"fault": name, "count": ..., "on": ..., **params}`), or POST
-`/_emulator/faults` (`{"deployment": target, "fault": name, ...}`).
+A fault names a target (a deployment id, a server id, a workflow version id, a model id, "cloud" for
+Comfy Cloud, or "*"), the operation it applies to (`on`; each fault has a default, see FAULTS) and its
+own params. Armed three ways: `Emulator.set_fault(target, name, count, on=..., **params)`, a
+deployment's or model's `"faults": [...]` in the config (`{"fault": name, "count": ..., "on": ...,
+**params}`), or POST `/_emulator/faults` (`{"deployment": target, "fault": name, ...}`).
 
 Request faults (answered by `reply` before, or for `drop`/`delay` on a submit, after the request was
 processed): `rate_limit` (429 + `Retry-After: retry_after`), `server_error` (500), `http_error`
@@ -12,6 +12,9 @@ processed): `rate_limit` (429 + `Retry-After: retry_after`), `server_error` (500
 (the connection is closed without an answer), `delay` (`seconds` of real time before answering).
 Job faults: `job_fails` (`message`), `slow_queue` (`seconds` virtual, extra wait in the queue).
 Download faults: `truncate` (full Content-Length, half the bytes, then the connection closes).
+Comfy Cloud (cloud.py) answers the request faults in its own `{"code", "message"}` shape (`http_error`
+takes `code`), applies them to uploads too (`on="upload"`), and reads `node_raises` (`exception_type`
+one of its categories, e.g. OOMError) and `ws_drop` as the machines' ComfyUI does.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ FAULTS = {
     # machines (target: a server_id or "*"); see machines.py and comfyui.py
     "never_ready": "ready", "slow_ready": "ready", "ws_drop": "ws", "node_raises": "run",
 }
-OPERATIONS = {"submit", "status", "result", "cancel", "download", "ready", "ws", "run", "any"}
+OPERATIONS = {"submit", "upload", "status", "result", "cancel", "download", "ready", "ws", "run", "any"}
 REQUEST_FAULTS = {"rate_limit", "server_error", "http_error", "body_error", "drop", "delay"}
 _SPEC_KEYS = ("fault", "name", "deployment", "target", "count", "on")
 
