@@ -277,8 +277,20 @@ class Job:
     async def wait(self, timeout: float | None = None) -> Status:
         """Wait until the job ends (or `timeout` passes); returns the status."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            await self._follow(timeout)
         return self.status
+
+    async def _follow(self, timeout: float | None) -> None:
+        """Wait for the driving task. A detached job (its task cancelled) just ends the wait; a
+        cancel of the caller raises CancelledError (the shield keeps the task itself running)."""
+        if self._task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except asyncio.CancelledError:
+            if self._task.cancelled():
+                return
+            raise
 
     async def result(
         self, timeout: float | None = None, *, cancel_on_timeout: bool = True,
@@ -290,7 +302,7 @@ class Job:
         remote job is cancelled too unless `cancel_on_interrupt=False` (then it runs on).
         """
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            await self._follow(timeout)
         except asyncio.CancelledError:
             if cancel_on_interrupt and not self.done:
                 self._cancelling = self.loop.create_task(self.cancel())
@@ -318,6 +330,12 @@ class Job:
         if accepted:
             await self.wait(wait)
         return self.status is Status.CANCELLED
+
+    @property
+    def detached(self) -> bool:
+        """True once this kernel stopped following the job (`detach()`, its client closed) before
+        it ended: the remote run may go on; its status here is the last one seen."""
+        return self._task.done() and not self.done
 
     def detach(self) -> None:
         """Stop following the job here; the remote run goes on."""

@@ -3,13 +3,16 @@ emulator the magics start."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+import runcomfy_nb as rc
 from runcomfy_nb import sync
 from runcomfy_nb.errors import ValidationError
+from runcomfy_nb.jobs import Job, JobResult
 from runcomfy_nb.magics.jobs import JobList
 from runcomfy_nb.magics.models import parse_inputs
 from runcomfy_nb.magics.session import SESSION
@@ -104,10 +107,15 @@ def test_model_errors_are_one_line_and_nothing_is_sent(
 
 
 def test_models_lists_the_catalog(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
-    result, text = run(ip, "%runcomfy models", capsys)
-    assert result.success and EDIT in text and T2I in text and "$" in text
+    result, text = run(ip, "%runcomfy models --out catalog", capsys)
+    catalog = ip.user_ns["catalog"]
+    assert result.success and result.result is catalog and catalog.total == len(catalog) >= 4
+    shown = repr(catalog)
+    assert EDIT in shown and T2I in shown and "$0.04 / output" in shown
+    assert "<table>" in catalog._repr_html_() and catalog[0].model_id in shown
     result, text = run(ip, "%runcomfy models --category image-to-video", capsys)
-    assert "wan-ai/wan-2-2/image-to-video" in text and EDIT not in text
+    shown = repr(result.result)
+    assert "wan-ai/wan-2-2/image-to-video" in shown and EDIT not in shown
     result, text = run(ip, "%runcomfy models --limit 1", capsys)
     assert "1 of" in text and "shown" in text
     result, text = run(ip, "%runcomfy models zebra-unicorn", capsys)
@@ -117,7 +125,7 @@ def test_models_lists_the_catalog(ip: InteractiveShell, capsys: pytest.CaptureFi
 def test_jobs_lists_every_kind(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     run(ip, f"%runcomfy model {EDIT} prompt=x image_url=https://example.org/a.png --out m", capsys)
     run(ip, "%%runcomfy run dep-flux-kontext --out s\n31.seed = 5\n", capsys)
-    result, text = run(ip, "%runcomfy jobs --out listed", capsys)
+    result, _ = run(ip, "%runcomfy jobs --out listed", capsys)
     listed = ip.user_ns["listed"]
     assert isinstance(listed, JobList) and result.result is listed
     kinds = {job.kind for job in listed}
@@ -127,5 +135,35 @@ def test_jobs_lists_every_kind(ip: InteractiveShell, capsys: pytest.CaptureFixtu
     assert "<table>" in listed._repr_html_()
     only = ip.run_cell("%runcomfy jobs --kind model").result
     assert only and {job.kind for job in only} == {"model"}
-    _, text = run(ip, "%runcomfy jobs --active", capsys)
-    assert "No job matches" in text
+    active = ip.run_cell("%runcomfy jobs --active").result or []
+    assert all(not job.done and not job.detached for job in active)  # jobs of other tests may run on
+    assert not {id(j) for j in active} & {id(j) for j in listed if j.done}
+
+
+class _Forever:
+    async def run(self, job: Job) -> JobResult:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def cancel(self) -> bool:
+        return False
+
+
+async def test_a_detached_job_is_listed_as_such_and_not_active() -> None:
+    job = Job(_Forever(), kind="model", id="req-detached-1", label="m · req-deta")
+    await asyncio.sleep(0)
+    assert not job.detached
+    job.detach()
+    await job.wait(1)
+    assert job.detached and not job.done and job.status.value == "queued"
+    row = JobList([job]).rows()[0]
+    assert row[3] == "queued" and "detached" in row[-1]
+
+
+async def test_result_of_a_detached_job_says_so_and_cancels_nothing() -> None:
+    backend = _Forever()
+    job = Job(backend, kind="cloud", id="p-detached-2")
+    job.detach()
+    with pytest.raises(rc.JobError, match="detached"):
+        await job.result(timeout=1)
+    assert job.status.value == "queued" and job.detached

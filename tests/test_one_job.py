@@ -110,11 +110,23 @@ async def kind_of(name: str, emu: Emulator, machine: Machine) -> AsyncIterator[K
                     return await queue(4)
 
                 yield Kind(name, lambda: queue(4), fail, lambda: queue(10_000), running_when_held=True)
+        elif name == "cloud":
+            async with rc.AsyncComfyCloud(base_url=emu.cloud_url, api_key=emu.comfy_api_key) as cloud:
+                workflow = rc.Workflow(machine.workflow)
+
+                def submit(steps: int) -> Awaitable[Job]:  # a new seed: Cloud caches outputs too
+                    return cloud.queue(workflow.override({"31": {"seed": next(SEEDS), "steps": steps}}))
+
+                async def fail() -> Job:
+                    emu.set_fault("cloud", "node_raises", exception_type="OOMError", message=BOOM)
+                    return await submit(4)
+
+                yield Kind(name, lambda: submit(4), fail, lambda: submit(10_000), running_when_held=True)
         else:
             raise AssertionError(name)
 
 
-KINDS = ["serverless", "comfyui", "model"]
+KINDS = ["serverless", "comfyui", "model", "cloud"]
 
 
 @pytest.fixture(params=KINDS)

@@ -13,10 +13,12 @@ import pytest
 import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
+from runcomfy_nb.emulator.cloud import PARTNER_NODE
 from runcomfy_nb.errors import RunComfyError
 
 TOKEN = "rc_tok_SENTINEL_a1b2c3d4e5"
 PARTNER_KEY = "comfyui-partner_SENTINEL_f6a7b8"
+CLOUD_KEY = "comfyui-cloud_SENTINEL_9e0d1c"
 MODEL = "blackforestlabs/flux-1-kontext/pro/edit"
 LOGGERS = ("", "runcomfy_nb", "httpx", "httpcore", "websockets", "aiohttp", "asyncio")
 
@@ -25,7 +27,7 @@ LOGGERS = ("", "runcomfy_nb", "httpx", "httpcore", "websockets", "aiohttp", "asy
 def emu() -> Iterator[Emulator]:
     config = load_config(None)
     config["machines"].update(rate_per_second=0, ready_seconds=1, deleting_seconds=1)
-    with Emulator(speed=40, token=TOKEN, config=config) as emulator:
+    with Emulator(speed=40, token=TOKEN, config=config, comfy_api_key=CLOUD_KEY) as emulator:
         yield emulator
 
 
@@ -97,6 +99,24 @@ def test_no_secret_anywhere(emu: Emulator, debug_logs: pytest.LogCaptureFixture,
     seen += [shown(comfy.history(prompt.id)), shown(comfy.queue_status())]
     machine.stop()
 
+    # Comfy Cloud: the key in X-API-Key, in the socket's URL and as a partner key in extra_data
+    cloud = rc.ComfyCloud(api_key=CLOUD_KEY, base_url=emu.cloud_url)
+    seen += [shown(cloud), shown(cloud.user())]
+    partner = {"1": {"class_type": PARTNER_NODE, "inputs": {"prompt": "a fox", "prompt_upsampling": False,
+                                                            "seed": 5, "aspect_ratio": "1:1", "raw": False}},
+               "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "p"}}}
+    cloud_job = cloud.queue(partner)
+    cloud_result = cloud_job.result(timeout=60)
+    seen += [shown(cloud_job), shown(cloud_result), shown(rc.JobProgress(cloud_job)),
+             shown(cloud.job(cloud_job.id)), shown(cloud.history(cloud_job.id)), shown(cloud.queue_status())]
+    assert cloud_result.images[0].read()[:4] == b"\x89PNG"  # via the 302, without the key
+    partner["1"]["inputs"]["seed"] = 6
+    refused = cloud.queue(partner, partner_key=False)
+    with pytest.raises(rc.JobFailed) as partner_failed:
+        refused.result(timeout=60)
+    seen += [shown(partner_failed.value), shown(rc.JobProgress(refused))]
+    cloud.aclose()
+
     # wrong credentials: the error names the variable, never the value
     wrong = rc.RunComfy(token=TOKEN + "x", base_url=emu.url, model_api_url=emu.url)
     for call in (lambda: wrong.deployments.submit("dep-partner", overrides={}),
@@ -104,13 +124,18 @@ def test_no_secret_anywhere(emu: Emulator, debug_logs: pytest.LogCaptureFixture,
         with pytest.raises(RunComfyError) as denied:
             call()
         seen.append(shown(denied.value))
+    wrong_cloud = rc.ComfyCloud(api_key=CLOUD_KEY + "x", base_url=emu.cloud_url)
+    with pytest.raises(rc.AuthError) as denied:
+        wrong_cloud.jobs()
+    seen.append(shown(denied.value))
+    wrong_cloud.aclose()
     wrong.aclose()
     client.aclose()
     comfy.aclose()
 
     text = everything(seen, debug_logs, capsys)
     assert len(debug_logs.records) > 10, "the loggers should have had something to say"
-    for secret in (TOKEN, PARTNER_KEY, url):
+    for secret in (TOKEN, PARTNER_KEY, CLOUD_KEY, url):
         assert secret not in text, f"a secret leaked: {secret[:12]}…"
     assert "/machines/" not in text.replace("/machines/{", "")  # no machine URL path either
     assert not emu.state.leaks, "credentials were sent to an output URL"

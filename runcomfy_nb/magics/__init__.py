@@ -66,7 +66,7 @@ def split_args(line: str) -> list[str]:
 
 
 def load(ipython: Any) -> None:
-    from . import core, jobs, machines, models, prompt, run  # noqa: F401  (registers the subcommands)
+    from . import cloud, core, jobs, machines, models, prompt, run  # noqa: F401  (registers the subcommands)
 
     magics = RunComfyMagics(shell=ipython)
     ipython.register_magics(magics)

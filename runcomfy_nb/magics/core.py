@@ -13,16 +13,41 @@ from .registry import subcommand
 from .session import SESSION
 
 
-def show_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
-    """A table: HTML in notebooks, aligned text in terminals."""
+def table_text(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    """Rows as aligned text, for terminals and the text/plain of a table."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in [header, *rows])
+
+
+def table_html(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
                    for r in rows)
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    display({"text/plain": text, "text/html": table}, raw=True)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class Table(list[Any]):
+    """A list (of jobs, models, ...) that a notebook shows as a table: `HEADER` and `row(n, item)`."""
+
+    HEADER: tuple[str, ...] = ()
+
+    def row(self, n: int, item: Any) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def rows(self) -> list[tuple[str, ...]]:
+        return [self.row(n, item) for n, item in enumerate(self)]
+
+    def __repr__(self) -> str:
+        return table_text(self.rows(), self.HEADER)
+
+    def _repr_html_(self) -> str:
+        return table_html(self.rows(), self.HEADER)
+
+
+def show_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    """A table: HTML in notebooks, aligned text in terminals."""
+    display({"text/plain": table_text(rows, header), "text/html": table_html(rows, header)}, raw=True)
 
 
 @subcommand("config", "config", "Show the current settings, secrets masked.")
@@ -64,7 +89,8 @@ def emulate(magics: Any, line: str, cell: str | None) -> None:
     SESSION.emulator = emulator
     SESSION.point_env_at({
         "RUNCOMFY_TOKEN": emulator.token, "RUNCOMFY_BASE_URL": url,
-        "RUNCOMFY_MODEL_API_URL": url, "COMFY_CLOUD_URL": f"{url}/cloud",
+        "RUNCOMFY_MODEL_API_URL": url, "COMFY_CLOUD_URL": emulator.cloud_url,
+        "COMFY_CLOUD_API_KEY": emulator.comfy_api_key,
         "RUNCOMFY_USER_ID": emulator.user_id,
     })
     SESSION.use(SESSION.config.from_env())

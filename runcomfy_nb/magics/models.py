@@ -8,9 +8,10 @@ from typing import Any
 
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from ..clients.models import ModelInfo
 from ..errors import ValidationError
 from . import split_args
-from .core import show_table
+from .core import Table
 from .registry import subcommand
 from .run import follow, show_progress
 from .session import SESSION
@@ -72,25 +73,36 @@ def model(magics: Any, line: str, cell: str | None) -> Any:
 @argument("--category", help="e.g. text-to-image, image-to-video")
 @argument("--kind", help="image, video, ...")
 @argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+@argument("--out", help="store the list under this name")
 def _models_args(line: str) -> None: ...
 
 
-@subcommand("models", "models [SEARCH] [--category C] [--kind K] [--limit N]",
+class ModelList(Table):
+    """Catalog models as `%runcomfy models` shows them; `total` is how many match in all."""
+
+    HEADER = ("model_id", "name", "categories", "price")
+    total: int | None = None
+
+    def row(self, n: int, m: ModelInfo) -> tuple[str, ...]:
+        price = "" if m.base_price_usd is None else f"${m.base_price_usd:g} / {m.price_unit or 'request'}"
+        return (m.model_id, m.display_name, ", ".join(m.categories), price)
+
+
+@subcommand("models", "models [SEARCH] [--category C] [--kind K] [--limit N] [--out NAME]",
             "List the Model API's catalog: model ids, categories and prices.")
-def models(magics: Any, line: str, cell: str | None) -> Any:
+def models(magics: Any, line: str, cell: str | None) -> ModelList | None:
     args = parse_argstring(_models_args, line)
     if args.limit <= 0:
         raise ValidationError("--limit must be a positive number.")
     page = SESSION.client.models.list(args.search, category=args.category, kind=args.kind,
                                       limit=args.limit)
-    if not page.models:
+    found = ModelList(page.models)
+    found.total = page.total
+    if args.out:
+        magics.shell.user_ns[args.out] = found
+    if not found:
         print("No model matches." if args.search or args.category or args.kind else "The catalog is empty.")
-        return page
-    rows = [(m.model_id, m.display_name, ", ".join(m.categories),
-             "" if m.base_price_usd is None else f"${m.base_price_usd:g} / {m.price_unit or 'request'}")
-            for m in page.models]
-    show_table(rows, ("model_id", "name", "categories", "price"))
-    if page.total is not None and page.total > len(page.models):
-        print(f"{len(page.models)} of {page.total} shown: narrow with SEARCH or --category, "
-              "or raise --limit.")
-    return page
+        return None
+    if page.total is not None and page.total > len(found):
+        print(f"{len(found)} of {page.total} shown: narrow with SEARCH or --category, or raise --limit.")
+    return found

@@ -8,16 +8,17 @@ from typing import Any
 from .. import sync
 from ..config import Config
 from ..errors import ValidationError
-from ..facade import ComfyUI, RunComfy
+from ..facade import ComfyCloud, ComfyUI, RunComfy
 
 _ENV_KEYS = ("RUNCOMFY_TOKEN", "RUNCOMFY_BASE_URL", "RUNCOMFY_MODEL_API_URL", "COMFY_CLOUD_URL",
-             "RUNCOMFY_USER_ID")
+             "COMFY_CLOUD_API_KEY", "RUNCOMFY_USER_ID")
 
 
 class Session:
     def __init__(self) -> None:
         self.config = Config.from_env()
         self._client: Any = None
+        self._cloud: Any = None
         self.emulator: Any = None
         self.comfy_target: str | None = None  # a machine id or a ComfyUI URL for %%runcomfy prompt
         self.exit_hook = False
@@ -30,6 +31,13 @@ class Session:
         if self._client is None:
             self._client = RunComfy(config=self.config)
         return self._client
+
+    @property
+    def cloud(self) -> Any:
+        """The blocking `ComfyCloud` client for the current config (made on first use)."""
+        if self._cloud is None:
+            self._cloud = ComfyCloud(config=self.config)
+        return self._cloud
 
     def comfy(self, target: str | None = None) -> Any:
         """A blocking ComfyUI client for a machine id or a URL (default: `%runcomfy connect`'s)."""
@@ -50,9 +58,10 @@ class Session:
         return self._comfy[target]
 
     def use(self, config: Config) -> None:
-        if self._client is not None:
-            sync.run(sync.unwrap(self._client).aclose())
-        self._client = None
+        for client in (self._client, self._cloud):
+            if client is not None:
+                sync.run(sync.unwrap(client).aclose())
+        self._client = self._cloud = None
         self._comfy.clear()
         self.config = config
 
