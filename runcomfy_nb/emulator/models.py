@@ -38,6 +38,7 @@ import copy
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -45,8 +46,7 @@ from aiohttp import web
 from . import faults as faults_
 from . import synth, validation
 from .envelope import absolute, error, iso, origin
-from .serverless import DEFAULT_FAILURE, Pool, serve_file
-from .validation import Invalid
+from .serverless import DEFAULT_FAILURE, Pool, serve_file, take_submit
 
 SIZES = {"21:9": (672, 288), "16:9": (512, 288), "4:3": (512, 384), "1:1": (512, 512), "3:4": (384, 512),
          "9:16": (288, 512), "9:21": (288, 672)}
@@ -350,19 +350,9 @@ def routes(models: Models) -> web.RouteTableDef:
         model, missing = lookup(request)
         if missing:
             return missing
-        fault = faults.take(model["model_id"], "submit", faults_.REQUEST_FAULTS)
-        if fault and fault.name not in ("drop", "delay"):
-            return await faults_.reply(request, fault)  # type: ignore[return-value]
-        try:
-            body = await request.json()
-        except ValueError:
-            return error(422, 422001, "Request body is not valid JSON",
-                         [{"loc": ["body"], "msg": "invalid JSON", "type": "value_error.jsondecode"}])
-        try:
-            job = models.create(model, body)
-        except Invalid as exc:
-            return error(422, 422001, str(exc), exc.detail())
-        await faults_.reply(request, fault)  # drop / delay happen after the request was taken
+        job, refusal = await take_submit(request, faults, model["model_id"], partial(models.create, model))
+        if refusal:
+            return refusal
         return web.json_response({"request_id": job.id, **_urls(request, job.id)})
 
     @table.get("/v1/requests/{rid}/status")

@@ -69,6 +69,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -459,19 +460,9 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
             dep, missing = lookup(request, submit=True)
             if missing:
                 return missing
-            fault = faults.take(dep["id"], "submit", faults_.REQUEST_FAULTS)
-            if fault and fault.name not in ("drop", "delay"):
-                return await faults_.reply(request, fault)  # type: ignore[return-value]
-            try:
-                body = await request.json()
-            except ValueError:
-                return error(422, 422001, "Request body is not valid JSON",
-                             [{"loc": ["body"], "msg": "invalid JSON", "type": "value_error.jsondecode"}])
-            try:
-                job = serverless.create(dep, body)
-            except Invalid as exc:
-                return error(422, 422001, str(exc), exc.detail())
-            await faults_.reply(request, fault)  # drop / delay happen after the job was taken
+            job, refusal = await take_submit(request, faults, dep["id"], partial(serverless.create, dep))
+            if refusal:
+                return refusal
             return web.json_response({"request_id": job.id, **_urls(request, prefix, dep["id"], job.id)})
 
         @table.get(f"{base}/requests/{{rid}}/status")
@@ -592,6 +583,27 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
                                 job.deployment if job else "*")
 
     return table
+
+
+async def take_submit(request: web.Request, faults: Any, target: str,
+                      create: Callable[[Any], Any]) -> tuple[Any, web.StreamResponse | None]:
+    """A submit's job made by `create(body)`, or the reply that refuses it: a request fault armed for
+    `target` (`drop`/`delay` act after the job was taken, as a lost reply would), a body that is not
+    JSON, or one `create` finds Invalid (422 422001 with a `detail` list)."""
+    fault = faults.take(target, "submit", faults_.REQUEST_FAULTS)
+    if fault and fault.name not in ("drop", "delay"):
+        return None, await faults_.reply(request, fault)
+    try:
+        body = await request.json()
+    except ValueError:
+        return None, error(422, 422001, "Request body is not valid JSON",
+                           [{"loc": ["body"], "msg": "invalid JSON", "type": "value_error.jsondecode"}])
+    try:
+        job = create(body)
+    except Invalid as exc:
+        return None, error(422, 422001, str(exc), exc.detail())
+    await faults_.reply(request, fault)
+    return job, None
 
 
 async def serve_file(request: web.Request, state: Any, data: bytes | None, target: str) -> web.StreamResponse:

@@ -9,7 +9,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..errors import ValidationError
 from ..workflow import Workflow, parse_cell
 from .registry import subcommand
-from .run import follow, show_progress
+from .run import deliver, seconds
 from .session import SESSION
 
 
@@ -20,7 +20,7 @@ from .session import SESSION
 @argument("--partner-key", choices=("auto", "yes", "no"), default="auto",
           help="send the Comfy API key for Partner (API) nodes: auto (when the workflow has one), yes, no")
 @argument("--out", help="store the result (or the job, with --no-wait) under this name")
-@argument("--timeout", type=float, help="seconds to wait before cancelling the job")
+@argument("--timeout", type=seconds, help="seconds to wait before cancelling the job")
 @argument("--no-wait", action="store_true", help="return the job at once; it runs on")
 def _cloud_args(line: str) -> None: ...
 
@@ -52,8 +52,6 @@ def cloud_request(cell: str, namespace: dict[str, Any], base: Workflow | None) -
             "and previews.", cell=True)
 def cloud(magics: Any, line: str, cell: str | None) -> Any:
     args = parse_argstring(_cloud_args, line)
-    if args.timeout is not None and args.timeout <= 0:
-        raise ValidationError("--timeout must be a positive number of seconds.")
     client = SESSION.cloud
     base = Workflow.load(args.workflow) if args.workflow else None
     namespace = dict(magics.shell.user_ns)
@@ -63,9 +61,4 @@ def cloud(magics: Any, line: str, cell: str | None) -> Any:
     workflow, extra = cloud_request(cell or "", namespace, base)
     partner = {"auto": None, "yes": True, "no": False}[args.partner_key]
     job = client.queue(workflow, partner_key=partner, extra_data=extra)
-    if args.no_wait:
-        show_progress(job)
-        if args.out:
-            magics.shell.user_ns[args.out] = job
-        return job
-    return follow(magics, job, timeout=args.timeout, out=args.out)
+    return deliver(magics, job, args)

@@ -13,7 +13,7 @@ from ..errors import ValidationError
 from . import split_args
 from .core import Table
 from .registry import subcommand
-from .run import follow, show_progress
+from .run import deliver, seconds
 from .session import SESSION
 
 
@@ -21,7 +21,7 @@ from .session import SESSION
 @argument("model_id", help="the catalog model id, e.g. blackforestlabs/flux-1-kontext/pro/edit")
 @argument("inputs", nargs="*", help="the model's inputs as key=value (values read as JSON where they parse)")
 @argument("--out", help="store the result (or the job, with --no-wait) under this name")
-@argument("--timeout", type=float, help="seconds to wait before cancelling the request")
+@argument("--timeout", type=seconds, help="seconds to wait before cancelling the request")
 @argument("--no-wait", action="store_true", help="return the job at once; it runs on")
 def _model_args(line: str) -> None: ...
 
@@ -57,15 +57,8 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
 def model(magics: Any, line: str, cell: str | None) -> Any:
     # shell-style words, quotes removed: prompt="a red fox" is one input
     args = _model_args.parser.parse_args(split_args(line))  # type: ignore[attr-defined]
-    if args.timeout is not None and args.timeout <= 0:
-        raise ValidationError("--timeout must be a positive number of seconds.")
     job = SESSION.client.models.submit(args.model_id, parse_inputs(args.inputs))
-    if args.no_wait:
-        show_progress(job)
-        if args.out:
-            magics.shell.user_ns[args.out] = job
-        return job
-    return follow(magics, job, timeout=args.timeout, out=args.out)
+    return deliver(magics, job, args)
 
 
 @magic_arguments()

@@ -9,7 +9,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..errors import ValidationError
 from ..workflow import Workflow, parse_cell
 from .registry import subcommand
-from .run import follow
+from .run import follow, seconds
 from .session import SESSION
 
 
@@ -20,7 +20,7 @@ from .session import SESSION
 @argument("--upload", action="append", default=[],
           help="upload this file first; the cell may use its stored name as {{upload}}")
 @argument("--out", help="store the result under this name")
-@argument("--timeout", type=float, help="seconds to wait before cancelling the prompt")
+@argument("--timeout", type=seconds, help="seconds to wait before cancelling the prompt")
 def _prompt_args(line: str) -> None: ...
 
 

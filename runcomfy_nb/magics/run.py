@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
-from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
@@ -17,10 +17,21 @@ from .session import SESSION
 COMFY_KEYS = {"overrides", "workflow_api_json", "extra_data"}
 
 
+def seconds(text: str) -> float:
+    """A `--timeout` value: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
 @magic_arguments()
 @argument("deployment", help="the deployment id")
 @argument("--out", help="store the result (or the job, with --no-wait) under this name")
-@argument("--timeout", type=float, help="seconds to wait before cancelling the job")
+@argument("--timeout", type=seconds, help="seconds to wait before cancelling the job")
 @argument("--no-wait", action="store_true", help="return the job at once; it runs on")
 def _run_args(line: str) -> None: ...
 
@@ -72,18 +83,22 @@ def follow(magics: Any, job: Any, *, timeout: float | None, out: str | None) -> 
     return result
 
 
-@subcommand("run", "run DEPLOYMENT_ID [--out NAME] [--timeout S] [--no-wait]",
-            "Submit the cell (JSON body or `node.input = value` lines) to a serverless "
-            "deployment; show progress and outputs.", cell=True)
-def run(magics: Any, line: str, cell: str | None) -> Any:
-    args = parse_argstring(_run_args, line)
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError("--timeout must be a positive number of seconds.")
-    kind, data = parse_cell(cell or "", magics.shell.user_ns)
-    job = SESSION.client.deployments.submit(args.deployment, **submit_arguments(kind, data))
+def deliver(magics: Any, job: Any, args: Any) -> Any:
+    """`--no-wait`: show the job's progress and return the job (stored under `--out`); else follow
+    it to its result (see `follow`)."""
     if args.no_wait:
         show_progress(job)
         if args.out:
             magics.shell.user_ns[args.out] = job
         return job
     return follow(magics, job, timeout=args.timeout, out=args.out)
+
+
+@subcommand("run", "run DEPLOYMENT_ID [--out NAME] [--timeout S] [--no-wait]",
+            "Submit the cell (JSON body or `node.input = value` lines) to a serverless "
+            "deployment; show progress and outputs.", cell=True)
+def run(magics: Any, line: str, cell: str | None) -> Any:
+    args = parse_argstring(_run_args, line)
+    kind, data = parse_cell(cell or "", magics.shell.user_ns)
+    job = SESSION.client.deployments.submit(args.deployment, **submit_arguments(kind, data))
+    return deliver(magics, job, args)
