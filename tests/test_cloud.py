@@ -208,12 +208,26 @@ async def test_upload_image_and_mask_subfolder_ignored(cloud: AsyncComfyCloud, e
 # --- jobs, live ----------------------------------------------------------------------------------
 
 
-async def test_two_jobs_at_once_each_get_only_their_own_events(cloud: AsyncComfyCloud, emu: Emulator) -> None:
+async def test_two_jobs_at_once_each_job_and_widget_get_only_their_own_events(
+        cloud: AsyncComfyCloud, emu: Emulator) -> None:
     mark = len(emu.log)
-    alpha, beta = workflow(steps=3, prefix="alpha"), renumber(workflow(steps=5, prefix="beta"), 100)
+    # long enough (0.3 s, 0.5 s) for the widgets' batched updates (≤ 10/s) to catch the sampler
+    alpha, beta = workflow(steps=30, prefix="alpha"), renumber(workflow(steps=50, prefix="beta"), 100)
     a, b = await asyncio.gather(cloud.queue(alpha), cloud.queue(beta))
+    widgets = {job.id: rc.JobProgress(job) for job in (a, b)}
+    shown: dict[str, set[Any]] = {job.id: set() for job in (a, b)}  # each widget's nodes and step counts
+    for job_id, widget in widgets.items():
+        widget.observe(lambda change, job_id=job_id: shown[job_id].add((change["name"], change["new"])),
+                       names=["node", "steps"])
     results = await asyncio.gather(a.result(timeout=30), b.result(timeout=30))
-    runs = ((a, alpha, 3, "alpha", results[0]), (b, beta, 5, "beta", results[1]))
+    for job, wf, steps in ((a, alpha, 30), (b, beta, 50)):
+        widget = widgets[job.id]
+        await until(lambda widget=widget: widget.status == "succeeded", "the widget to end")
+        nodes = {value for name, value in shown[job.id] if name == "node"}
+        counts = {value for name, value in shown[job.id] if name == "steps"} - {None}
+        assert nodes and nodes <= set(wf) and counts <= {steps}  # never the other job's node or steps
+        assert (widget.outputs, widget.nodes_done, widget.nodes_total) == (2, len(wf), len(wf))
+    runs = ((a, alpha, 30, "alpha", results[0]), (b, beta, 50, "beta", results[1]))
     for job, wf, steps, prefix, result in runs:
         sampler, save = (("31", "9") if wf is alpha else ("131", "109"))
         assert job.kind == "cloud" and job.status is Status.SUCCEEDED
