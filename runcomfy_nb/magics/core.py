@@ -96,4 +96,6 @@ def emulate(magics: Any, line: str, cell: str | None) -> None:
     SESSION.use(SESSION.config.from_env())
     ids = ", ".join(emulator.deployment_ids())
     print(f"EMULATOR ON: runcomfy_nb now talks to a local emulator at {url} (speed ×{args.speed:g}),"
-          f" not the RunComfy cloud. Deployments: {ids}. `%runcomfy emulate --stop` to switch back.")
+          f" not the RunComfy cloud, the Model API or Comfy Cloud. Deployments: {ids}; models: "
+          f"{len(emulator.model_ids())}; Comfy Cloud with its own key. "
+          "`%runcomfy emulate --stop` to switch back.")
