@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import stamina
+from IPython.core.interactiveshell import InteractiveShell
 
 import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
@@ -39,3 +42,31 @@ async def client(fresh: Emulator) -> AsyncIterator[rc.AsyncRunComfy]:
 def posts(emulator: Emulator, deployment: str) -> int:
     return sum(1 for r in emulator.log
                if r.method == "POST" and r.path.endswith(f"/deployments/{deployment}/inference"))
+
+
+@contextlib.contextmanager
+def emulating_shell(speed: float, **env: str) -> Iterator[InteractiveShell]:
+    """An IPython shell with the extension loaded and `%runcomfy emulate --speed SPEED` on, with
+    these environment variables set meanwhile (e.g. sentinel tokens)."""
+    mp = pytest.MonkeyPatch()
+    for name, value in env.items():
+        mp.setenv(name, value)
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "runcomfy_nb")
+    shell.run_line_magic("runcomfy", f"emulate --speed {speed:g}")
+    try:
+        yield shell
+    finally:
+        shell.run_line_magic("runcomfy", "emulate --stop")
+        mp.undo()
+
+
+def run_cell(ip: InteractiveShell, cell: str, capsys: pytest.CaptureFixture[str],
+             *secrets: str) -> tuple[Any, str]:
+    """Run a cell; its result and everything it printed, which must hold none of `secrets`."""
+    result = ip.run_cell(cell)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    for secret in secrets:
+        assert secret not in text
+    return result, text

@@ -10,29 +10,20 @@ from IPython.core.interactiveshell import InteractiveShell
 from runcomfy_nb import sync
 from runcomfy_nb.magics.session import SESSION
 
+from .conftest import emulating_shell, run_cell
+
 EMU_TOKEN = "rc_emulator_SENTINEL_token_77aa"
 REAL_TOKEN = "rc_real_SENTINEL_token_88bb"
 
 
 @pytest.fixture(scope="module")
 def ip() -> Iterator[InteractiveShell]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RUNCOMFY_EMULATOR_TOKEN", EMU_TOKEN)
-    mp.setenv("RUNCOMFY_TOKEN", REAL_TOKEN)
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "runcomfy_nb")
-    shell.run_line_magic("runcomfy", "emulate --speed 25")
-    yield shell
-    shell.run_line_magic("runcomfy", "emulate --stop")
-    mp.undo()
+    with emulating_shell(25, RUNCOMFY_EMULATOR_TOKEN=EMU_TOKEN, RUNCOMFY_TOKEN=REAL_TOKEN) as shell:
+        yield shell
 
 
 def run(ip: InteractiveShell, cell: str, capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
-    result = ip.run_cell(cell)
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert EMU_TOKEN not in text and REAL_TOKEN not in text
-    return result, text
+    return run_cell(ip, cell, capsys, EMU_TOKEN, REAL_TOKEN)
 
 
 def test_help_lists_every_subcommand(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,8 @@ from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.emulator.cloud import PARTNER_NODE
 from runcomfy_nb.magics.session import SESSION
 
+from .conftest import emulating_shell, run_cell
+
 USER_KEY = "comfyui-user-key-SENTINEL-magic-77"
 WORKFLOW = load_config(None)["presets"]["image"]
 BAD_STEPS = copy.deepcopy(WORKFLOW)
@@ -26,22 +28,12 @@ PARTNER = {"1": {"class_type": PARTNER_NODE, "inputs": {"prompt": "a fox", "prom
 
 @pytest.fixture(scope="module")
 def ip() -> Iterator[InteractiveShell]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("COMFY_CLOUD_API_KEY", USER_KEY)
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "runcomfy_nb")
-    shell.run_line_magic("runcomfy", "emulate --speed 40")
-    yield shell
-    shell.run_line_magic("runcomfy", "emulate --stop")
-    mp.undo()
+    with emulating_shell(40, COMFY_CLOUD_API_KEY=USER_KEY) as shell:
+        yield shell
 
 
 def run(ip: InteractiveShell, cell: str, capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
-    result = ip.run_cell(cell)
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert USER_KEY not in text and SESSION.emulator.comfy_api_key not in text
-    return result, text
+    return run_cell(ip, cell, capsys, USER_KEY, SESSION.emulator.comfy_api_key)
 
 
 def seeded(seed: int) -> dict:

@@ -17,6 +17,8 @@ from runcomfy_nb.magics.jobs import JobList
 from runcomfy_nb.magics.models import parse_inputs
 from runcomfy_nb.magics.session import SESSION
 
+from .conftest import emulating_shell, run_cell
+
 EMU_TOKEN = "rc_emulator_SENTINEL_token_models_41"
 EDIT = "blackforestlabs/flux-1-kontext/pro/edit"
 T2I = "blackforestlabs/flux-1/dev/text-to-image"
@@ -24,22 +26,12 @@ T2I = "blackforestlabs/flux-1/dev/text-to-image"
 
 @pytest.fixture(scope="module")
 def ip() -> Iterator[InteractiveShell]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RUNCOMFY_EMULATOR_TOKEN", EMU_TOKEN)
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "runcomfy_nb")
-    shell.run_line_magic("runcomfy", "emulate --speed 40")
-    yield shell
-    shell.run_line_magic("runcomfy", "emulate --stop")
-    mp.undo()
+    with emulating_shell(40, RUNCOMFY_EMULATOR_TOKEN=EMU_TOKEN) as shell:
+        yield shell
 
 
 def run(ip: InteractiveShell, cell: str, capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
-    result = ip.run_cell(cell)
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert EMU_TOKEN not in text
-    return result, text
+    return run_cell(ip, cell, capsys, EMU_TOKEN)
 
 
 def test_parse_inputs_reads_json_where_it_parses() -> None:

@@ -46,7 +46,7 @@ from aiohttp import web
 from . import faults as faults_
 from . import synth, validation
 from .envelope import absolute, error, iso, origin
-from .serverless import DEFAULT_FAILURE, Pool, serve_file, take_submit
+from .serverless import DEFAULT_FAILURE, Pool, run_in_pool, serve_file, take_submit
 
 SIZES = {"21:9": (672, 288), "16:9": (512, 288), "4:3": (512, 384), "1:1": (512, 512), "3:4": (384, 512),
          "9:16": (288, 512), "9:21": (288, 672)}
@@ -76,6 +76,7 @@ class ModelRequest:
     error: dict[str, Any] | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     turn: asyncio.Future[str] | None = field(default=None, repr=False)
+    instance_id: str | None = None  # the worker that ran it (not shown by the API)
 
     @property
     def done(self) -> bool:
@@ -172,40 +173,13 @@ class Models:
         return request
 
     async def _run(self, model: dict[str, Any], request: ModelRequest) -> None:
-        clock = self.state.clock
-        if request.extra_queue:
-            await clock.sleep(request.extra_queue)
-        pool = self.pools[model["model_id"]]
-        request.turn = asyncio.get_running_loop().create_future()
-        pool.line.append(request)  # type: ignore[arg-type]  # Pool only needs `.turn`
-        pool.dispatch()
-        try:
-            instance = await request.turn
-        except asyncio.CancelledError:
-            if request in pool.line:
-                pool.line.remove(request)  # type: ignore[arg-type]
-            if request.turn.done() and not request.turn.cancelled():
-                pool.release(request.turn.result())
-            raise
-        try:
-            request.status, request.started_wall = "in_progress", time.time()
-            jitter = float(model["jitter"])
-            await clock.sleep(float(model["run_seconds"]) * synth._rng(request.id).uniform(1 - jitter,
-                                                                                          1 + jitter))
-            if request.fails_with is None:
-                try:  # Pillow off the loop: other requests are answered meanwhile
-                    output, files = await asyncio.to_thread(self._make_output, model, request)
-                except Exception as exc:
-                    request.fails_with = f"{type(exc).__name__}: {exc}"
-                else:
-                    self.files.update(files)
-                    request.output, request.status = output, "succeeded"
-            if request.fails_with is not None:
-                request.error = {"type": "model_error", "message": request.fails_with}
-                request.status = "failed"
-            request.finished_wall = time.time()
-        finally:
-            pool.release(instance)
+        def keep(output: Any) -> None:
+            request.output = output
+
+        await run_in_pool(self.pools[model["model_id"]], self.state.clock, request, self.files,
+                          seconds=float(model["run_seconds"]), jitter=float(model["jitter"]),
+                          make=partial(self._make_output, model, request), keep=keep,
+                          error_type="model_error")
 
     def queue_position(self, request: ModelRequest) -> int:
         """0 = next to start; requests still in their extra pre-queue wait come after the line."""

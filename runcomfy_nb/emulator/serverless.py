@@ -275,41 +275,13 @@ class Serverless:
         return request
 
     async def _run(self, dep: dict[str, Any], request: Request) -> None:
-        clock = self.state.clock
-        if request.extra_queue:
-            await clock.sleep(request.extra_queue)
-        pool = self.pools[dep["id"]]
-        request.turn = asyncio.get_running_loop().create_future()
-        pool.line.append(request)
-        pool.dispatch()
-        try:
-            instance = await request.turn
-        except asyncio.CancelledError:
-            if request in pool.line:
-                pool.line.remove(request)
-            if request.turn.done() and not request.turn.cancelled():
-                pool.release(request.turn.result())
-            raise
-        try:
-            request.status, request.instance_id = "in_progress", instance
-            request.started_wall = time.time()
-            jitter = float(dep["jitter"])
-            await clock.sleep(float(dep["run_seconds"]) * synth._rng(request.id).uniform(1 - jitter,
-                                                                                      1 + jitter))
-            if request.fails_with is None:
-                try:  # Pillow off the loop: other requests are answered meanwhile
-                    outputs, files = await asyncio.to_thread(self._make_outputs, dep, request)
-                except Exception as exc:
-                    request.fails_with = f"{type(exc).__name__}: {exc}"
-                else:
-                    self.files.update(files)
-                    request.outputs, request.status = outputs, "succeeded"
-            if request.fails_with is not None:
-                request.error = {"type": "execution_error", "message": request.fails_with}
-                request.status = "failed"
-            request.finished_wall = time.time()  # the real moment the result became available
-        finally:
-            pool.release(instance)
+        def keep(outputs: dict[str, Any]) -> None:
+            request.outputs = outputs
+
+        await run_in_pool(self.pools[dep["id"]], self.state.clock, request, self.files,
+                          seconds=float(dep["run_seconds"]), jitter=float(dep["jitter"]),
+                          make=partial(self._make_outputs, dep, request), keep=keep,
+                          error_type="execution_error")
 
     def queue_position(self, request: Request) -> int:
         """0 = next to start. Requests still in their extra pre-queue wait come after the line."""
@@ -583,6 +555,49 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
                                 job.deployment if job else "*")
 
     return table
+
+
+async def run_in_pool(
+    pool: Pool, clock: Any, request: Any, files: dict[tuple[str, str], bytes], *, seconds: float,
+    jitter: float, make: Callable[[], tuple[Any, dict[tuple[str, str], bytes]]],
+    keep: Callable[[Any], None], error_type: str,
+) -> None:
+    """One queued request's life (a serverless request, a Model API request): its extra pre-queue
+    wait, a turn in `pool`'s line, then `seconds` ± `jitter` of virtual run time on an instance,
+    after which `make()` (off the loop) gives its outputs (handed to `keep`) and files, or its
+    `fails_with` becomes an `error_type` error. A cancel while it waits leaves the line cleanly."""
+    if request.extra_queue:
+        await clock.sleep(request.extra_queue)
+    request.turn = asyncio.get_running_loop().create_future()
+    pool.line.append(request)
+    pool.dispatch()
+    try:
+        instance = await request.turn
+    except asyncio.CancelledError:
+        if request in pool.line:
+            pool.line.remove(request)
+        if request.turn.done() and not request.turn.cancelled():
+            pool.release(request.turn.result())
+        raise
+    try:
+        request.status, request.instance_id = "in_progress", instance
+        request.started_wall = time.time()
+        await clock.sleep(seconds * synth._rng(request.id).uniform(1 - jitter, 1 + jitter))
+        if request.fails_with is None:
+            try:  # Pillow off the loop: other requests are answered meanwhile
+                outputs, made = await asyncio.to_thread(make)
+            except Exception as exc:
+                request.fails_with = f"{type(exc).__name__}: {exc}"
+            else:
+                files.update(made)
+                keep(outputs)
+                request.status = "succeeded"
+        if request.fails_with is not None:
+            request.error = {"type": error_type, "message": request.fails_with}
+            request.status = "failed"
+        request.finished_wall = time.time()  # the real moment the result became available
+    finally:
+        pool.release(instance)
 
 
 async def take_submit(request: web.Request, faults: Any, target: str,
