@@ -137,6 +137,27 @@ class Snapshots:
 
     _display_ids: list[str]
 
+    def _html(self) -> str:
+        raise NotImplementedError
+
+    def _text(self) -> str:
+        return repr(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> Any:
+        """The widget, plus the static fallbacks (`_text`, `_html`) nbconvert and GitHub show."""
+        data, meta = split_bundle(super()._repr_mimebundle_(**kwargs))  # type: ignore[misc]
+        data["text/plain"] = self._text()
+        data["text/html"] = self._html()
+        return data, meta
+
+    def _apply_changes(self, changes: dict[str, Any], *, settled: bool) -> None:
+        """Set the traits in one sync; once the state settled, re-send the displayed fallbacks."""
+        with self.hold_sync():  # type: ignore[attr-defined]
+            for name, value in changes.items():
+                setattr(self, name, value)
+        if settled:
+            self._refresh_displays()
+
     def _ipython_display_(self) -> None:
         from uuid import uuid4
 

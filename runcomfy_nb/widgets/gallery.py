@@ -27,7 +27,6 @@ from ._base import (
     esc,
     frame_count,
     on_loop_thread,
-    split_bundle,
 )
 
 log = logging.getLogger("runcomfy_nb")
@@ -199,10 +198,7 @@ class Gallery(Snapshots, anywidget.AnyWidget):
             found = {i: {"error": f"could not load: {error_text(exc, 300)}"} for i in indices}
         items = [dict(item) for item in self.items]
         self._merge(items, found)
-        with self.hold_sync():
-            self.items = items
-            self.loading = len(self._tasks) > 1
-        self._refresh_displays()
+        self._apply_changes({"items": items, "loading": len(self._tasks) > 1}, settled=True)
 
     # -- full-size files for the lightbox, through the kernel --
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
@@ -277,9 +273,3 @@ class Gallery(Snapshots, anywidget.AnyWidget):
             parts.append(f'<ul style="padding-left:18px">{quoted}</ul>')
         parts.append("</div>")
         return "".join(parts)
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> Any:
-        data, meta = split_bundle(super()._repr_mimebundle_(**kwargs))
-        data["text/plain"] = repr(self)
-        data["text/html"] = self._html()
-        return data, meta

@@ -26,7 +26,6 @@ from ._base import (
     error_text,
     esc,
     run_in_loop,
-    split_bundle,
 )
 
 log = logging.getLogger("runcomfy_nb")
@@ -233,11 +232,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
 
     def _apply(self, changes: dict[str, Any]) -> None:
         settled = changes.pop("_settled", False)
-        with self.hold_sync():
-            for name, value in changes.items():
-                setattr(self, name, value)
-        if settled:
-            self._refresh_displays()
+        self._apply_changes(changes, settled=settled)
 
     # -- buttons --
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
@@ -396,9 +391,3 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
                 f'<div style="color:#6b7280;font-size:12px;margin-top:4px">As of {stamp}. Costs are '
                 "estimates: uptime since Ready × an hourly price table (the API reports no prices)."
                 "</div></div>")
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> Any:
-        data, meta = split_bundle(super()._repr_mimebundle_(**kwargs))
-        data["text/plain"] = self._text()
-        data["text/html"] = self._html()
-        return data, meta

@@ -27,7 +27,6 @@ from ._base import (
     on_loop_thread,
     run_in_loop,
     short_id,
-    split_bundle,
 )
 
 log = logging.getLogger("runcomfy_nb")
@@ -156,12 +155,7 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
                 changes["preview"] = data_url(*downscale(preview[0], PREVIEW_PX, quality=75))
             except Exception:  # a preview Pillow cannot read is not worth an error
                 log.debug("could not decode a preview image", exc_info=True)
-        settled = changes.get("status") in _TERMINAL
-        with self.hold_sync():
-            for name, value in changes.items():
-                setattr(self, name, value)
-        if settled:
-            self._refresh_displays()
+        self._apply_changes(changes, settled=changes.get("status") in _TERMINAL)
 
     # -- cancel --
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
@@ -261,9 +255,3 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
             parts.append(f'<div style="color:#dc2626;white-space:pre-wrap">{esc(self.error)}</div>')
         parts.append("</div>")
         return "".join(parts)
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> Any:
-        data, meta = split_bundle(super()._repr_mimebundle_(**kwargs))
-        data["text/plain"] = repr(self)
-        data["text/html"] = self._html()
-        return data, meta
