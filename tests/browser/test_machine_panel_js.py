@@ -3,69 +3,16 @@
 
 from __future__ import annotations
 
-import functools
-import html
-import json
-import re
-import shutil
-import subprocess
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
-import pytest
+from .conftest import run_page
 
-ROOT = Path(__file__).resolve().parents[2]
 A = "d26d4f31-8696-43ad-ba62-b4f8c268b79a"
 B = "761af3a7-1b2c-4d5e-8f90-a1b2c3d4e5f6"
 
 
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and Path("/usr/bin/chromium").exists():
-        found = "/usr/bin/chromium"
-    if found is None:
-        pytest.fail("Chromium is needed for the browser tests and was not found: run `make test`, "
-                    "which installs Debian's chromium (or `apt-get install chromium`).")
-    return found
-
-
-class Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(ROOT)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def run_page(server: str, page: str, tmp_path: Path) -> dict[str, Any]:
-    command = [
-        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run", "--mute-audio", f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=30000", "--dump-dom", f"{server}/tests/browser/{page}",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
-    match = re.search(r'<pre id="results">(.*?)</pre>', done.stdout, re.DOTALL)
-    assert match, f"no results in the page (exit {done.returncode}):\n{done.stderr[-3000:]}"
-    text = html.unescape(match.group(1))
-    assert text != "pending", f"the harness did not finish:\n{done.stderr[-3000:]}"
-    results = json.loads(text)
-    assert results.pop("ok"), results.get("error")
-    return results
-
-
 def test_machine_panel_in_a_browser(server: str, tmp_path: Path) -> None:
-    r = run_page(server, "machines.html", tmp_path)
+    r = run_page(server, "machines.html", tmp_path, budget_ms=30000)
     steps = r["steps"]
 
     assert r["header"] == ["Machine", "Type", "Status", "Uptime", "Est. cost", "Time left", ""]
