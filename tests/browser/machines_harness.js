@@ -1,37 +1,8 @@
 // Renders js/machines.js with a fake anywidget model, plays the kernel's side (row updates in
 // answer to button clicks) and writes what it observed as JSON into <pre id="results">.
 
-class FakeModel {
-  constructor(state) {
-    this.state = { ...state };
-    this.listeners = new Map();
-    this.sent = [];
-  }
-  get(name) { return this.state[name]; }
-  set(name, value) {
-    this.state[name] = value;
-    for (const callback of [...(this.listeners.get(`change:${name}`) || [])]) callback(value);
-  }
-  on(name, callback) {
-    if (!this.listeners.has(name)) this.listeners.set(name, new Set());
-    this.listeners.get(name).add(callback);
-  }
-  off(name, callback) {
-    if (!name) this.listeners.clear();
-    else if (!callback) this.listeners.delete(name);
-    else this.listeners.get(name)?.delete(callback);
-  }
-  send(content) { this.sent.push(content); }
-  save_changes() {}
-  listenerCount() {
-    let n = 0;
-    for (const set of this.listeners.values()) n += set.size;
-    return n;
-  }
-}
+import { $, FakeModel, sleep } from "./fake_model.js";
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const $ = (root, selector) => root.querySelector(selector);
 const A = "d26d4f31-8696-43ad-ba62-b4f8c268b79a";
 const B = "761af3a7-1b2c-4d5e-8f90-a1b2c3d4e5f6";
 const C = "0c0ffee0-0000-4000-8000-000000000003";
