@@ -30,11 +30,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import struct
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
@@ -54,6 +52,7 @@ from ..errors import (
 )
 from ..jobs import Job, JobResult, Started, Status, parse_status
 from ..media import Media
+from ..timefmt import parse_timestamp
 from ..transport import Storage, Transport, api_error
 from ..workflow import Workflow
 from .comfyui import (
@@ -64,6 +63,7 @@ from .comfyui import (
     _Dropped,
     _PromptRun,
     execution_error_message,
+    preview_metadata,
 )
 
 if TYPE_CHECKING:
@@ -182,11 +182,7 @@ class CloudUser:
 def _created(body: Mapping[str, Any]) -> float | None:
     if isinstance(body.get("create_time"), (int, float)):
         return float(body["create_time"])
-    created = body.get("created_at")
-    if isinstance(created, str):
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
-    return None
+    return parse_timestamp(body.get("created_at"))
 
 
 def _is_partner_node(schema: Any) -> bool:
@@ -244,16 +240,8 @@ class _SignedFetcher:
 
 def _preview_prompt(frame: bytes) -> str | None:
     """The prompt id in a type 4 preview's metadata (None for other frames)."""
-    if len(frame) < 8:
-        return None
-    kind, size = struct.unpack(">II", frame[:8])
-    if kind != 4:
-        return None
-    try:
-        meta = json.loads(frame[8:8 + size])
-    except ValueError:
-        return None
-    return str(meta["prompt_id"]) if isinstance(meta, dict) and meta.get("prompt_id") else None
+    meta = preview_metadata(frame)
+    return str(meta["prompt_id"]) if meta and meta.get("prompt_id") else None
 
 
 class _Router:

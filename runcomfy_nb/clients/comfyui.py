@@ -617,6 +617,21 @@ class AsyncComfyUI:
         return ws
 
 
+def preview_metadata(frame: bytes) -> dict[str, Any] | None:
+    """The JSON metadata (prompt_id, node_id, image_type, ...) of a type 4 preview frame, or None
+    for any other frame or unreadable metadata."""
+    if len(frame) < 8:
+        return None
+    kind, size = struct.unpack(">II", frame[:8])
+    if kind != 4:
+        return None
+    try:
+        meta = json.loads(frame[8:8 + size])
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 # --- one prompt, followed ----------------------------------------------------------------------
 
 
@@ -872,11 +887,8 @@ class _PromptRun:
             if job.status is Status.RUNNING:
                 job.emit(Preview(frame[8:], _PREVIEW_MIME.get(word, "image/jpeg"), self._current))
         elif kind == 4:
-            try:
-                meta = json.loads(frame[8:8 + word])
-            except ValueError:
-                return
-            if isinstance(meta, dict) and meta.get("prompt_id") in (None, self.prompt_id):
+            meta = preview_metadata(frame)
+            if meta is not None and meta.get("prompt_id") in (None, self.prompt_id):
                 node = meta.get("display_node_id") or meta.get("node_id") or self._current
                 job.emit(Preview(frame[8 + word:], str(meta.get("image_type") or "image/jpeg"),
                                  str(node) if node is not None else None))
