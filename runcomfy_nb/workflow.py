@@ -25,6 +25,12 @@ LINE = re.compile(
 )
 
 
+def did_you_mean(name: Any, choices: Any) -> str:
+    """` Did you mean 'x'?` for the closest of `choices` to a misspelt `name`, or ""."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 def check_api_format(data: Any, what: str = "workflow") -> dict[str, Any]:
     """Return `data` if it is an API-format workflow, else raise a ValidationError saying why."""
     if not isinstance(data, Mapping):
@@ -100,10 +106,7 @@ class Workflow:
                     f"{ref!r} names {len(found)} nodes ({', '.join(found)}): use a node id."
                 )
         names = [*self.data, *(self.title(i) for i in self.data)]
-        hint = difflib.get_close_matches(ref, names, n=1)
-        raise ValidationError(
-            f"No node {ref!r} in the workflow." + (f" Did you mean {hint[0]!r}?" if hint else "")
-        )
+        raise ValidationError(f"No node {ref!r} in the workflow.{did_you_mean(ref, names)}")
 
     def override(self, overrides: Mapping[Any, Any] | None = None, **by_name: Any) -> Workflow:
         """A copy with inputs replaced: `override({"31": {"seed": 1}})`, `override(KSampler={"seed": 1})`."""
@@ -115,11 +118,8 @@ class Workflow:
             known = data[node_id].setdefault("inputs", {})
             for name, value in inputs["inputs"].items():
                 if name not in known:
-                    hint = difflib.get_close_matches(name, list(known), n=1)
-                    raise ValidationError(
-                        f"Node {node_id} ({self.title(node_id)}) has no input {name!r}."
-                        + (f" Did you mean {hint[0]!r}?" if hint else "")
-                    )
+                    raise ValidationError(f"Node {node_id} ({self.title(node_id)}) has no input "
+                                          f"{name!r}.{did_you_mean(name, known)}")
                 known[name] = value
         return Workflow(data)
 
@@ -128,11 +128,6 @@ class Workflow:
 
 _MEDIA_PREFIXES = ("https://", "http://", "data:")
 _MEDIA_INPUTS = {"image", "video", "audio", "file"}
-
-
-def _hint(name: str, choices: Any) -> str:
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def _input_problem(name: str, value: Any, spec: Any, workflow: Workflow) -> str | None:
@@ -154,7 +149,7 @@ def _input_problem(name: str, value: Any, spec: Any, workflow: Workflow) -> str 
         if value in options:
             return None
         shown = ", ".join(repr(o) for o in options[:8]) + (", …" if len(options) > 8 else "")
-        return f"{value!r} is not one of its values ({shown}).{_hint(value, options)}"
+        return f"{value!r} is not one of its values ({shown}).{did_you_mean(value, options)}"
     expected = {"INT": "an integer", "FLOAT": "a number", "STRING": "text", "BOOLEAN": "true or false"}
     if kind not in expected:
         return f"it takes a {kind} connection from another node, not a value."
@@ -192,7 +187,7 @@ def _check_node(workflow: Workflow, node_id: str, inputs: Mapping[str, Any],
     for name, value in inputs.items():
         if name not in declared:
             if name not in saved:
-                problems.append(f"{where} has no input {name!r}.{_hint(name, [*declared, *saved])}")
+                problems.append(f"{where} has no input {name!r}.{did_you_mean(name, [*declared, *saved])}")
             continue  # a saved input the schema does not declare (a frontend extra): left as is
         problem = _input_problem(name, value, declared[name], workflow)
         if problem:

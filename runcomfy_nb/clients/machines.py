@@ -7,7 +7,6 @@ remembered, so `stop_all()` (and the kernel-exit hook in the magics) can stop wh
 from __future__ import annotations
 
 import asyncio
-import difflib
 import re
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from ..config import Secret
 from ..errors import NotFound, ValidationError
 from ..timefmt import parse_timestamp
 from ..transport import Transport
+from ..workflow import did_you_mean
 
 SERVICE = "RunComfy Server API"
 SERVER_TYPES = ("medium", "large", "extra-large", "2x-large", "2xl-turbo")
@@ -52,10 +52,9 @@ def parse_duration(value: int | float | str) -> int:
 
 def check_server_type(server_type: str) -> str:
     if server_type not in SERVER_TYPES:
-        hint = difflib.get_close_matches(str(server_type), SERVER_TYPES, n=1)
         raise ValidationError(
             f"Unknown server_type {server_type!r}; choose one of {', '.join(SERVER_TYPES)}."
-            + (f" Did you mean {hint[0]!r}?" if hint else "")
+            + did_you_mean(server_type, SERVER_TYPES)
         )
     return server_type
 
@@ -143,10 +142,9 @@ class Machines:
         seconds = parse_duration(duration)
         known = {w.version_id for w in await self.workflows()}
         if version_id not in known:
-            hint = difflib.get_close_matches(version_id, known, n=1)
             raise ValidationError(
                 f"No workflow version {version_id!r} in this account (see `%runcomfy workflows`)."
-                + (f" Did you mean {hint[0]!r}?" if hint else "")
+                + did_you_mean(version_id, known)
             )
         reply = await self._http.request(
             "POST", f"{self._base}/servers", idempotent=False,
