@@ -33,7 +33,7 @@ _EXPORTS = {
         ["RunComfyError", "ConfigError", "MissingCredentials", "ValidationError", "APIError",
          "AuthError", "PaymentRequired", "SubscriptionInactive", "RateLimited", "NotFound",
          "BadRequest", "ServerError", "TransportError", "SubmitUncertain", "JobError", "JobFailed",
-         "JobCancelled", "JobTimeout"],
+         "ContactLost", "JobCancelled", "JobTimeout"],
         "errors",
     ),
 }
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
         AuthError,
         BadRequest,
         ConfigError,
+        ContactLost,
         JobCancelled,
         JobError,
         JobFailed,

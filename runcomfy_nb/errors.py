@@ -16,6 +16,7 @@
     │   └── SubmitUncertain     a paid submit may have reached the server; it was not resent
     └── JobError                a job ended without a result (`.job_id`)
         ├── JobFailed           the run failed: `.message` is the server's error text
+        │   └── ContactLost     the server stopped answering; the run may go on there
         ├── JobCancelled        the run was cancelled
         └── JobTimeout          it took longer than asked (also a TimeoutError)
 
@@ -104,6 +105,11 @@ class JobError(RunComfyError):
 
 class JobFailed(JobError):
     pass
+
+
+class ContactLost(JobFailed):
+    """No answer from the server for longer than the contact timeout: the job is given up here,
+    though it may still run (and bill) there."""
 
 
 class JobCancelled(JobError):

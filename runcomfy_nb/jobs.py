@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import JobCancelled, JobError, JobFailed, JobTimeout
+from .errors import ContactLost, JobCancelled, JobError, JobFailed, JobTimeout
 
 if TYPE_CHECKING:
     from .media import Media
@@ -130,6 +131,47 @@ class JobResult:
         from .widgets import Gallery
 
         return Gallery(self.media, text=self.text)._repr_mimebundle_(include, exclude)
+
+
+# --- contact with the server -------------------------------------------------------------------
+
+CONTACT_TIMEOUT = 60.0
+
+
+def contact_timeout() -> float:
+    """Seconds a job may go without any answer from its server before it is given up here:
+    `RUNCOMFY_CONTACT_TIMEOUT` (read at each call), else 60."""
+    try:
+        value = float(os.environ.get("RUNCOMFY_CONTACT_TIMEOUT", "") or CONTACT_TIMEOUT)
+    except ValueError:
+        return CONTACT_TIMEOUT
+    return value if value > 0 else CONTACT_TIMEOUT
+
+
+class Contact:
+    """When a job's server last answered. A backend calls `answered()` on every reply (a status,
+    a WebSocket frame) and `check()` after every failed attempt: once `limit` seconds passed
+    without an answer, `check()` raises ContactLost, which ends the job here (not there)."""
+
+    def __init__(self, service: str, job_id: str, reattach: str, limit: float | None = None) -> None:
+        self.service, self.job_id, self.reattach = service, job_id, reattach
+        self.limit = contact_timeout() if limit is None else limit
+        self.last = time.time()
+
+    def answered(self) -> None:
+        self.last = time.time()
+
+    @property
+    def silent(self) -> float:
+        return time.time() - self.last
+
+    def check(self) -> None:
+        if self.silent > self.limit:
+            since = time.strftime("%H:%M:%S", time.localtime(self.last))
+            raise ContactLost(
+                f"Lost contact with the {self.service} since {since} (no answer for "
+                f"{self.silent:.0f} s); job {self.job_id} may still be running there: re-attach "
+                f"with {self.reattach} once it answers again.", job_id=self.job_id)
 
 
 # --- job ---------------------------------------------------------------------------------------
@@ -391,7 +433,7 @@ def failure_message(error: Any) -> str:
 
 
 __all__ = [
-    "Event", "Failed", "Finished", "Job", "JobBackend", "JobCancelled", "JobFailed", "JobResult",
-    "NodeStarted", "Output", "Preview", "Progress", "Queued", "Started", "Status", "failure_message",
-    "parse_status", "recent_jobs",
+    "Contact", "ContactLost", "Event", "Failed", "Finished", "Job", "JobBackend", "JobCancelled",
+    "JobFailed", "JobResult", "NodeStarted", "Output", "Preview", "Progress", "Queued", "Started",
+    "Status", "contact_timeout", "failure_message", "parse_status", "recent_jobs",
 ]
