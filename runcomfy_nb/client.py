@@ -13,6 +13,7 @@ from .clients.models import SERVICE as MODEL_API
 from .clients.models import Models
 from .config import Config
 from .errors import MissingCredentials
+from .jobs import finish_cancels
 from .transport import RateLimiter, Storage, Transport
 
 _limiters: dict[tuple[str, int], RateLimiter] = {}
@@ -92,6 +93,8 @@ class AsyncRunComfy:
         return self._models
 
     async def aclose(self) -> None:
+        """Close the connections, once the cancels that interrupted waits started have ended."""
+        await finish_cancels()
         for closable in reversed(self._closables):
             await closable.aclose()
         self._closables.clear()

@@ -18,7 +18,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import ContactLost, JobCancelled, JobError, JobFailed, JobTimeout
+from .errors import ContactLost, JobCancelled, JobError, JobFailed, JobTimeout, transient
 
 if TYPE_CHECKING:
     from .media import Media
@@ -191,6 +191,17 @@ class JobBackend(Protocol):
 
 Subscriber = Callable[["Job", Event], None]
 _RECENT: deque[Job] = deque(maxlen=1000)
+CANCEL_WAIT = 10.0  # seconds an interrupted or timed-out wait gives the server to confirm a cancel
+_OWED: set[asyncio.Task[str]] = set()  # cancels of interrupted waits, until they end
+
+
+async def finish_cancels(timeout: float = CANCEL_WAIT) -> None:
+    """Let the cancels that interrupted waits of this loop started finish (bounded): a client
+    calls this before it closes, so no cancel it owes dies with its connections."""
+    loop = asyncio.get_running_loop()
+    owed = [t for t in _OWED if t.get_loop() is loop and not t.done() and t is not asyncio.current_task()]
+    if owed:
+        await asyncio.wait(owed, timeout=timeout)
 
 
 def recent_jobs() -> list[Job]:
@@ -340,37 +351,72 @@ class Job:
     ) -> JobResult:
         """The job's outputs; raises JobFailed, JobCancelled or JobTimeout.
 
-        If the waiting itself is cancelled (Ctrl-C in a blocking call, a cancelled task), the
-        remote job is cancelled too unless `cancel_on_interrupt=False` (then it runs on).
+        If the waiting itself is cancelled (Ctrl-C, a cancelled task), the remote job is cancelled
+        first — sent, and confirmed by the server within `CANCEL_WAIT` seconds — unless
+        `cancel_on_interrupt=False` (then it runs on); then the interruption goes on.
         """
         try:
             await self._follow(timeout)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, KeyboardInterrupt):
             if cancel_on_interrupt and not self.done:
-                self._cancelling = self.loop.create_task(self.cancel())
+                await self._cancel_before_leaving()
             raise
         except asyncio.TimeoutError:
+            what = "it is still running"
             if cancel_on_timeout:
-                await self.cancel()
-                what = "cancelled it" if self.status is Status.CANCELLED else "asked to cancel it"
-            else:
-                what = "it is still running"
-            raise JobTimeout(
-                f"Job {self.id} did not finish within {timeout:g} s; {what}.", job_id=self.id
-            ) from None
+                what = await self._try_cancel() or "cancelled it"
+            raise JobTimeout(f"Job {self.id} did not finish within {timeout:g} s; {what}.",
+                             job_id=self.id) from None
         if self._result is not None:
             return self._result
         if isinstance(self.error, Exception):
             raise self.error
         raise JobError(f"Job {self.id} was detached before it finished.", job_id=self.id)
 
-    async def cancel(self, wait: float = 30.0) -> bool:
-        """Cancel the remote run; True once it is cancelled (False if it could not be)."""
+    async def _cancel_before_leaving(self) -> None:
+        """Cancel the remote job on the way out of an interrupted wait. The cancel is a task of its
+        own (shielded, and owed by the job's client until it ends: see `finish_cancels`), so a
+        second interruption stops the waiting here, not the cancel."""
+        task = self._cancelling
+        if task is None or task.done():
+            task = self._cancelling = self.loop.create_task(self._try_cancel(), name=f"cancel-{self.id}")
+            _OWED.add(task)
+            task.add_done_callback(_OWED.discard)
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(asyncio.shield(task), CANCEL_WAIT + 1.0)
+
+    async def _try_cancel(self) -> str:
+        """Cancel within `CANCEL_WAIT`; what came of it, for a message ('' when cancelled)."""
+        try:
+            cancelled = await self.cancel(wait=CANCEL_WAIT)
+        except Exception as exc:  # said in the message of the error that follows
+            return f"it could not be cancelled ({exc}); it may still be running there"
+        if cancelled:
+            return ""
         if self.done:
-            return self.status is Status.CANCELLED
-        accepted = await self._backend.cancel()
-        if accepted:
-            await self.wait(wait)
+            return f"it ended {self.status.value} meanwhile"
+        return ("it could not be cancelled (the server did not confirm it in time); it may still be "
+                "running there")
+
+    async def cancel(self, wait: float = 30.0) -> bool:
+        """Cancel the remote run and wait up to `wait` s for the server to confirm it; True once
+        it is cancelled. A transient failure (network, 5xx, 429) is tried again within `wait`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        pause = 0.25
+        while not self.done:
+            try:
+                accepted = await self._backend.cancel()
+            except Exception as exc:
+                if not transient(exc) or loop.time() + pause > deadline:
+                    raise
+                log.info("cancel of job %s met %s; trying again", self.id, type(exc).__name__)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 2.0)
+                continue
+            if accepted:
+                await self.wait(max(0.0, deadline - loop.time()))
+            break
         return self.status is Status.CANCELLED
 
     @property
@@ -435,5 +481,5 @@ def failure_message(error: Any) -> str:
 __all__ = [
     "Contact", "ContactLost", "Event", "Failed", "Finished", "Job", "JobBackend", "JobCancelled",
     "JobFailed", "JobResult", "NodeStarted", "Output", "Preview", "Progress", "Queued", "Started",
-    "Status", "contact_timeout", "failure_message", "parse_status", "recent_jobs",
+    "Status", "contact_timeout", "failure_message", "finish_cancels", "parse_status", "recent_jobs",
 ]
