@@ -35,6 +35,7 @@ FAULTS = {
     "truncate": "download",
     # machines (target: a server_id or "*"); see machines.py and comfyui.py
     "never_ready": "ready", "slow_ready": "ready", "ws_drop": "ws", "node_raises": "run",
+    "not_json": "status",  # machines.py: HTTP 200 whose body is an HTML page, not JSON
 }
 OPERATIONS = {"submit", "upload", "status", "result", "cancel", "download", "ready", "ws", "run", "any"}
 REQUEST_FAULTS = {"rate_limit", "server_error", "http_error", "body_error", "drop", "delay"}

@@ -24,7 +24,8 @@ Faults (target: the server_id; the workflow version id or "*" for a launch): `ne
 "ready": the machine stays Starting), `slow_ready` (param `seconds`), and the request faults
 `rate_limit`, `server_error`, `http_error`, `body_error`, `drop`, `delay` on launch and
 update-estimated-duration ("submit"; `drop`/`delay` after the machine was taken), status, list and
-workflows ("status"), and stop ("cancel").
+workflows ("status"), and stop ("cancel"); `not_json` on status and list: HTTP 200 with an HTML
+page, as a proxy in front of the API may answer.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from .faults import REQUEST_FAULTS
 from .faults import reply as _request_fault
 
 SERVER_TYPES = ("medium", "large", "extra-large", "2x-large", "2xl-turbo")
+NOT_JSON = "<html><body><h1>502 Bad Gateway</h1></body></html>"  # the `not_json` fault's page
 DEFAULTS: dict[str, Any] = {
     "user_id": "user-emu-0001", "ready_seconds": 60.0, "deleting_seconds": 10.0, "launch_404_seconds": 0.0,
     "rate_per_second": 1.0, "rate_burst": 5, "step_seconds": 0.5, "node_seconds": 0.2, "load_seconds": 3.0,
@@ -289,6 +291,8 @@ def routes(machines: Machines) -> web.RouteTableDef:
             return _rate_limited(wait), None
         if request.match_info["user_id"] != machines.user_id:
             return error(403, 403001, "Forbidden: the user_id does not belong to this token"), None
+        if operation == "status" and machines.faults.take(target, operation, {"not_json"}):
+            return web.Response(text=NOT_JSON, content_type="text/html"), None
         fault = machines.faults.take(target, operation, REQUEST_FAULTS)
         if fault is None:
             return None, None
