@@ -1,7 +1,9 @@
 """RunComfy Server API: cloud-saved workflows and dedicated GPU machines (launch, watch, extend, stop).
 
 Machines bill by the second from Ready until stopped. Every machine launched from this process is
-remembered, so `stop_all()` (and the kernel-exit hook in the magics) can stop what is left running.
+remembered, so `stop_all()` can stop what is left running, and the exit guard (shutdown.py) stops
+it when the process ends unless it was launched with `keep=True`. Ids and unique prefixes resolve
+against the account's machine list, and a stop returns only once the server confirmed it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from .. import shutdown
 from ..config import Secret
-from ..errors import NotFound, ValidationError
+from ..errors import APIError, NotFound, RunComfyError, ValidationError, transient
 from ..timefmt import parse_timestamp
 from ..transport import Transport
 from ..workflow import did_you_mean
@@ -29,6 +32,10 @@ MIN_DURATION, MAX_DURATION = 60, 7 * 24 * 3600
 _STATES = {"starting": "starting", "initializing": "starting", "ready": "ready",
            "deleting": "stopping", "stopping": "stopping", "error": "failed", "failed": "failed"}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_ENDED = ("stopping", "stopped")
+# Imports run on the main thread, launches maybe on the blocking facade's loop thread, and only the
+# main thread may set the SIGTERM handler: set it now.
+shutdown.GUARD.install()
 
 
 def parse_duration(value: int | float | str) -> int:
@@ -125,19 +132,25 @@ class Machines:
         return [MachineInfo.from_reply(m) for m in items if isinstance(m, dict)]
 
     async def status(self, server_id: str) -> MachineInfo:
+        """The machine's state by full id; one that is gone (404) is `stopped`."""
         try:
             reply = await self._http.request("GET", self._server(server_id))
         except NotFound:
             return MachineInfo(server_id=server_id, state="stopped", raw_status="(gone)")
-        return MachineInfo.from_reply(reply)
+        if not isinstance(reply, dict) or not isinstance(reply.get("current_status"), str):
+            # status 200: an odd answer that says nothing about the machine (errors.transient)
+            raise APIError(f"{SERVICE} sent a status reply without a machine status for {server_id[:8]}",
+                           status=200, detail=reply)
+        return MachineInfo.from_reply({**reply, "server_id": reply.get("server_id") or server_id})
 
     def _server(self, server_id: str, action: str = "") -> str:
         path = f"{self._base}/servers/{quote(server_id, safe='')}"
         return f"{path}/{action}" if action else path
 
     async def launch(self, version_id: str, *, server_type: str = "large",
-                     duration: int | float | str = "1h") -> Machine:
-        """Launch a machine for a workflow version; it bills from Ready until stopped."""
+                     duration: int | float | str = "1h", keep: bool = False) -> Machine:
+        """Launch a machine for a workflow version; it bills from Ready until stopped. It is stopped
+        when this process exits, unless `keep` (also settable later: `machine.keep = True`)."""
         check_server_type(server_type)
         seconds = parse_duration(duration)
         known = {w.version_id for w in await self.workflows()}
@@ -152,18 +165,25 @@ class Machines:
                   "estimated_duration": seconds},
         )
         machine = Machine(self, MachineInfo.from_reply(reply if isinstance(reply, dict) else {}))
+        machine.keep = keep
         self.launched[machine.id] = machine
+        # the DELETE the guard sends at exit, when this client may be closed (Transport has no
+        # public view of its headers; they never leave the guard)
+        shutdown.GUARD.watch(machine, self._http.base_url + self._server(machine.id), self._http._headers())
         price = self.prices.get(server_type)
         cost = f" (about ${price:.2f}/h)" if price else ""
+        ending = ("It keeps running when this process exits" if keep
+                  else "It is stopped when this process exits")
         self._notify(
             f"Machine {machine.id[:8]} ({server_type}) is starting. It bills from Ready until "
-            f"stopped{cost} and stops itself {seconds / 3600:.2f} h after Ready; stop it sooner "
-            f"with `%runcomfy stop {machine.id[:8]}` or `machine.stop()`."
+            f"stopped{cost} and stops itself {seconds / 3600:.2f} h after Ready. {ending}; stop it "
+            f"sooner with `%runcomfy stop {machine.id[:8]}` or `machine.stop()`."
         )
         return machine
 
     async def extend(self, server_id: str, by: int | float | str) -> MachineInfo:
-        """Add `by` to the running time (the API takes the new total)."""
+        """Add `by` to the running time (the API takes the new total); an id or a unique prefix."""
+        server_id = await self.resolve(server_id)
         current = await self.status(server_id)
         if current.state not in ("starting", "ready"):
             raise ValidationError(f"Machine {server_id[:8]} is {current.state}; it cannot be extended.")
@@ -176,30 +196,95 @@ class Machines:
         return MachineInfo.from_reply(reply)
 
     async def stop(self, server_id: str) -> MachineInfo:
-        """Stop a machine (billing ends when this returns). A machine already gone counts as stopped."""
+        """Stop a machine by id or unique prefix. Returns once the server confirmed it is stopping
+        (or no longer has it); raises otherwise, and for an id that matches no machine."""
+        server_id = await self.resolve(server_id)
         try:
             reply = await self._http.request("DELETE", self._server(server_id))
         except NotFound:
-            info = MachineInfo(server_id=server_id, state="stopped", raw_status="(gone)")
+            info = await self._gone(server_id)
         else:
-            info = MachineInfo.from_reply(reply)
+            info = MachineInfo.from_reply({**(reply if isinstance(reply, dict) else {}),
+                                           "server_id": server_id})
+            if info.state not in _ENDED:
+                info = await self._confirm(server_id, info)
         if server_id in self.launched:
             self.launched[server_id].info = info
+            self.launched[server_id].settled = True
         return info
 
+    async def _gone(self, server_id: str) -> MachineInfo:
+        """A 404 to a DELETE: stopped only if the account's list agrees."""
+        listed = {m.server_id: m for m in await self.list()}.get(server_id)
+        if listed is None:
+            return MachineInfo(server_id=server_id, state="stopped", raw_status="(gone)")
+        if listed.state in _ENDED:
+            return listed
+        raise APIError(f"{SERVICE} answered 404 to the stop of machine {server_id[:8]} yet lists it as "
+                       f"{listed.raw_status}: it was NOT stopped. Try again, or stop it in the dashboard.",
+                       status=404)
+
+    async def _confirm(self, server_id: str, accepted: MachineInfo) -> MachineInfo:
+        """A DELETE answered 200 without a stopping state: ask once more."""
+        info = await self.status(server_id)
+        if info.state in _ENDED:
+            return info
+        raise APIError(f"{SERVICE} took the stop of machine {server_id[:8]} but still reports it "
+                       f"{info.raw_status or accepted.raw_status}: it is not confirmed stopped. Check "
+                       "`%runcomfy machines`.", status=200)
+
+    async def resolve(self, ref: str) -> str:
+        """The full id of the account's machine `ref` names: its id or first characters. Raises
+        NotFound (no such machine) or ValidationError (several match), listing the running ones."""
+        ref = ref.strip()
+        if not ref:
+            raise ValidationError("Usage: give a machine's id or its first characters (see "
+                                  "`%runcomfy machines`).")
+        if ref in self.launched:
+            return ref
+        listed = await self.list()
+        matches = sorted({m.server_id for m in listed} | set(self.launched))
+        matches = [i for i in matches if i.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NotFound(f"No machine {ref!r} in this account. {_running(listed)}", status=404)
+        shown = ", ".join(i[:8] for i in matches)
+        raise ValidationError(f"{ref!r} matches {len(matches)} machines ({shown}); give more of the id. "
+                              f"{_running(listed)}")
+
     def find(self, prefix: str) -> str:
-        """The full id of a machine launched here from an id or its first characters."""
+        """The full id of a machine launched here from an id or its first characters (else
+        `prefix`); `await resolve(ref)` looks in the whole account."""
         matches = [i for i in self.launched if i.startswith(prefix)]
         return matches[0] if len(matches) == 1 else prefix
 
     async def stop_all(self, *, include_kept: bool = False) -> list[str]:
-        """Stop every machine launched here that is still running; returns their ids."""
-        stopped = []
+        """Stop every machine launched here that may still run; returns the ids the server
+        confirmed. Tries each; then raises if any could not be stopped."""
+        stopped, failed = [], []
         for machine in list(self.launched.values()):
-            if machine.info.state in ("starting", "ready") and (include_kept or not machine.keep):
+            # a poll's 404 ("stopped") is no proof: only our confirmed stop or the server's "stopping" is
+            if machine.settled or machine.info.state == "stopping" or (machine.keep and not include_kept):
+                continue
+            try:
                 await machine.stop()
+            except RunComfyError as exc:
+                failed.append(f"{machine.id[:8]}: {exc}")
+            else:
                 stopped.append(machine.id)
+        if failed:
+            done = f"Stopped {len(stopped)} machine(s); " if stopped else ""
+            raise APIError(f"{done}could not stop {len(failed)}: " + "; ".join(failed))
         return stopped
+
+
+def _running(listed: list[MachineInfo]) -> str:
+    running = [m for m in listed if m.state not in _ENDED]
+    if not running:
+        return "No machine is running in this account."
+    return "Running: " + ", ".join(f"{m.server_id[:8]} ({m.server_type or '?'}, {m.state})"
+                                   for m in running) + "."
 
 
 class Machine:
@@ -208,7 +293,8 @@ class Machine:
     def __init__(self, api: Machines, info: MachineInfo) -> None:
         self._api = api
         self.id = info.server_id
-        self.keep = False  # True: leave it running when the kernel exits
+        self.keep = False  # True: leave it running when the process exits
+        self.settled = False  # True once the server confirmed a stop of ours
         self.ready_at: float | None = None
         self.ended_at: float | None = None  # when we first saw it stopping, stopped or failed
         self.info = info
@@ -249,21 +335,29 @@ class Machine:
 
     async def wait_ready(self, timeout: float = 900.0, *, poll: float = 5.0,
                          on_status: Callable[[MachineInfo], None] | None = None) -> MachineInfo:
-        """Wait until Ready (raises ValidationError if it fails or stops, TimeoutError after `timeout`)."""
+        """Wait until Ready (raises ValidationError if it fails or stops, TimeoutError after `timeout`).
+        A poll that meets a transient or malformed answer is tried again, within `timeout`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            info = await self.refresh()
-            if on_status is not None:
-                on_status(info)
-            if info.state == "ready" and info.url is not None:
-                return info
-            if info.state in ("failed", "stopped", "stopping"):
-                raise ValidationError(f"Machine {self.id[:8]} is {info.state} ({info.raw_status}); "
-                                      "it will not become ready.")
+            problem = ""
+            try:
+                info = await self.refresh()
+            except RunComfyError as exc:
+                if not transient(exc):
+                    raise
+                problem = f"; the last status poll failed: {exc}"
+            else:
+                if on_status is not None:
+                    on_status(info)
+                if info.state == "ready" and info.url is not None:
+                    return info
+                if info.state in ("failed", "stopped", "stopping"):
+                    raise ValidationError(f"Machine {self.id[:8]} is {info.state} ({info.raw_status}); "
+                                          "it will not become ready.")
             if loop.time() > deadline:
                 raise TimeoutError(f"Machine {self.id[:8]} was not ready after {timeout:g} s; it is "
-                                   f"still {info.raw_status} (and not billed until Ready).")
+                                   f"still {self.info.raw_status} (and not billed until Ready){problem}.")
             await asyncio.sleep(min(poll, max(0.0, deadline - loop.time())))
 
     def comfyui(self) -> Any:

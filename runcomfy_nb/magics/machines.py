@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 from typing import Any
 
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -18,8 +17,9 @@ def _machines() -> Any:
     return SESSION.client.machines
 
 
-def _resolve(short: str) -> str:
-    return sync.call(lambda: sync.unwrap(_machines()).find(short))
+def _resolve(ref: str) -> str:
+    """The full id of the account's machine named by an id or its first characters."""
+    return _machines().resolve(ref)
 
 
 @subcommand("workflows", "workflows", "List your cloud-saved workflows and their version ids.")
@@ -53,9 +53,8 @@ def _launch_args(line: str) -> None: ...
             "Launch a GPU machine (it bills from Ready until stopped).")
 def launch(magics: Any, line: str, cell: str | None) -> Any:
     args = parse_argstring(_launch_args, line)
-    machine = _machines().launch(args.version_id, server_type=args.type, duration=args.duration)
-    machine.keep = args.keep
-    _stop_at_exit()
+    machine = _machines().launch(args.version_id, server_type=args.type, duration=args.duration,
+                                 keep=args.keep)
     if args.out:
         magics.shell.user_ns[args.out] = machine
     if args.wait:
@@ -70,7 +69,7 @@ def extend(magics: Any, line: str, cell: str | None) -> None:
     words = line.split()
     if len(words) != 2:
         raise ValidationError("Usage: %runcomfy extend SERVER_ID 30m")
-    info = _machines().extend(_resolve(words[0]), words[1])
+    info = _machines().extend(words[0], words[1])
     print(f"Machine {info.server_id[:8]} now runs {info.estimated_duration / 3600:.2f} h in all.")
 
 
@@ -81,32 +80,17 @@ def stop(magics: Any, line: str, cell: str | None) -> None:
         raise ValidationError("Usage: %runcomfy stop SERVER_ID, or %runcomfy stop --all")
     if target == "--all":
         stopped = _machines().stop_all(include_kept=True)
-        print(f"Stopped {len(stopped)} machine(s)." if stopped else "No machine of this kernel is running.")
+        print(f"Stopped {len(stopped)} machine(s): the server confirmed each; billing has ended."
+              if stopped else "No machine launched by this kernel is running.")
         return
-    info = _machines().stop(_resolve(target))
-    print(f"Machine {info.server_id[:8]} is {info.state}; billing has ended.")
+    print(stopped_text(_machines().stop(target)))
 
 
-def _stop_at_exit() -> None:
-    """Once per kernel: at exit, stop the machines launched here that were not marked keep."""
-    if SESSION.exit_hook:
-        return
-    SESSION.exit_hook = True
-    atexit.register(stop_launched_machines)
-
-
-def stop_launched_machines() -> None:
-    client = SESSION._client  # only a client that exists can have launched machines
-    if client is None:
-        return
-    try:
-        stopped = client.machines.stop_all()
-    except Exception as exc:  # at exit, say it rather than raise
-        print(f"runcomfy_nb: could not stop the machines launched here ({exc}); "
-              "check `%runcomfy machines` in a new kernel.")
-        return
-    if stopped:
-        print(f"runcomfy_nb: stopped {len(stopped)} machine(s) launched by this kernel.")
+def stopped_text(info: Any) -> str:
+    """What a confirmed stop (`Machines.stop` returned) tells the user."""
+    if info.state == "stopping":
+        return f"Machine {info.server_id[:8]} is stopping (server: {info.raw_status}); billing has ended."
+    return f"Machine {info.server_id[:8]} is stopped (the server no longer lists it); billing has ended."
 
 
 @subcommand("connect", "connect ID | URL",
