@@ -4,7 +4,7 @@ script, `sys.exit`, kernel shutdown, SIGTERM), unless it was launched with `keep
 At exit the clients may be closed and their event loop gone, so the guard sends its DELETEs with
 its own short-lived blocking HTTP client and the base URL and headers captured at launch. It
 prints one line per machine: "billing has ended" only after the server answered that the machine
-is stopping (or that it is gone), else what went wrong and where to look.
+is stopping, else what the server said or what went wrong, and where to look.
 """
 
 from __future__ import annotations

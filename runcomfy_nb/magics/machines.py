@@ -90,7 +90,7 @@ def stopped_text(info: Any) -> str:
     """What a confirmed stop (`Machines.stop` returned) tells the user."""
     if info.state == "stopping":
         return f"Machine {info.server_id[:8]} is stopping (server: {info.raw_status}); billing has ended."
-    return f"Machine {info.server_id[:8]} is stopped (the server no longer lists it); billing has ended."
+    return f"Machine {info.server_id[:8]} is stopped (the server no longer has it); billing has ended."
 
 
 @subcommand("connect", "connect ID | URL",
