@@ -3,21 +3,28 @@
 Why a thread and not nest-asyncio: the kernel's own loop stays free, so widgets keep updating
 while a cell blocks, jobs keep progressing while the kernel is idle, and Ctrl-C in a blocking
 cell reaches us as a KeyboardInterrupt that cancels the waiting (and, for `job.result()`, the
-remote job). `Blocking(obj)` wraps any object of ours: coroutine methods become blocking calls,
-async iterators plain iterators, and results that are themselves async objects are wrapped too.
+remote job: the wait goes on until that cancel is done, see `run`). While a call blocks a
+kernel's main thread, the widgets' messages are handled (`uievents`), so their buttons work.
+`Blocking(obj)` wraps any object of ours: coroutine methods become blocking calls, async
+iterators plain iterators, and results that are themselves async objects are wrapped too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import inspect
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
+from . import uievents
+
 T = TypeVar("T")
+POLL = 0.1  # seconds between looks at a blocking wait: Ctrl-C and widget clicks are handled this often
+CANCEL_GRACE = 15.0  # seconds an interrupted call gives its cancelled task to finish (a remote cancel)
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 
@@ -34,13 +41,61 @@ def loop() -> asyncio.AbstractEventLoop:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` on the background loop and wait; Ctrl-C cancels it and re-raises."""
+    """Run `coro` on the background loop and wait. Ctrl-C cancels its task and waits (up to
+    `CANCEL_GRACE` s; a second Ctrl-C stops waiting) until the task has finished — e.g. until
+    `Job.result` has cancelled the remote job — then re-raises."""
     target = loop()
     if on_loop_thread(target):
         coro.close()
         raise RuntimeError("a blocking runcomfy_nb call was made from inside its own event loop")
-    future = asyncio.run_coroutine_threadsafe(coro, target)
-    return _wait(future)
+    running = _Running(coro, target)
+    try:
+        _block(running.ended)
+    except KeyboardInterrupt:
+        running.cancel()
+        with contextlib.suppress(KeyboardInterrupt):
+            running.ended.wait(CANCEL_GRACE)
+        raise
+    # not future.result(timeout=...): our JobTimeout is a TimeoutError too
+    return running.future.result()
+
+
+class _Running:
+    """A coroutine run as a task on `target`, watched from another thread. `ended` is set once the
+    task has really finished; `run_coroutine_threadsafe`'s future would be marked cancelled at once,
+    before the task's own cancel handling has run."""
+
+    def __init__(self, coro: Coroutine[Any, Any, T], target: asyncio.AbstractEventLoop) -> None:
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.ended = threading.Event()
+        self._loop = target
+        self._task: asyncio.Task[Any] | None = None
+        try:
+            target.call_soon_threadsafe(self._start, coro)
+        except RuntimeError:  # the loop closed meanwhile
+            coro.close()
+            raise
+
+    def _start(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._task = self._loop.create_task(coro)
+        self._task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self.future.cancel()
+        elif task.exception() is not None:
+            self.future.set_exception(task.exception())
+        else:
+            self.future.set_result(task.result())
+        self.ended.set()
+
+    def cancel(self) -> None:
+        # after `_start` (callbacks run in order), so the task exists by then
+        self._loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 def call(fn: Callable[[], T], on: asyncio.AbstractEventLoop | None = None) -> T:
@@ -51,15 +106,24 @@ def call(fn: Callable[[], T], on: asyncio.AbstractEventLoop | None = None) -> T:
     if on_loop_thread(target) or not target.is_running() or target.is_closed():
         return fn()
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    ended = threading.Event()
 
     def job() -> None:
         try:
-            future.set_result(fn())
+            if future.set_running_or_notify_cancel():
+                future.set_result(fn())
         except BaseException as exc:
             future.set_exception(exc)
+        finally:
+            ended.set()
 
     target.call_soon_threadsafe(job)
-    return _wait(future)
+    try:
+        _block(ended)
+    except KeyboardInterrupt:
+        future.cancel()  # a plain function cannot be stopped once it runs; it is short
+        raise
+    return future.result()
 
 
 def on_loop_thread(target: asyncio.AbstractEventLoop) -> bool:
@@ -70,15 +134,12 @@ def on_loop_thread(target: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def _wait(future: concurrent.futures.Future[T]) -> T:
-    try:
-        while not future.done():  # short waits keep Ctrl-C responsive
-            concurrent.futures.wait([future], timeout=0.2)
-        # not future.result(timeout=...): our JobTimeout is a TimeoutError too
-        return future.result()
-    except KeyboardInterrupt:
-        future.cancel()
-        raise
+def _block(ended: threading.Event) -> None:
+    """Wait for `ended` in short steps, so Ctrl-C is handled at once; on a kernel's main thread the
+    widgets' messages that arrived meanwhile are handled between the steps."""
+    with uievents.pumping() as pump:
+        while not ended.wait(POLL):
+            pump()
 
 
 def _is_async_object(value: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any
 
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -10,6 +11,7 @@ from IPython.display import display
 
 from .. import sync
 from ..errors import ValidationError
+from ..jobs import CANCEL_WAIT
 from ..workflow import parse_cell
 from .registry import subcommand
 from .session import SESSION
@@ -66,21 +68,32 @@ def follow(magics: Any, job: Any, *, timeout: float | None, out: str | None) -> 
     """Show live progress, wait for the result (Ctrl-C cancels unless auto_cancel is off),
     store it under `out` and return it."""
     raw = sync.unwrap(job)
-    show_progress(job)
     try:
+        show_progress(job)  # inside: a Ctrl-C even before the wait began must cancel the job
         result = job.result(timeout=timeout or magics.timeout,
                             cancel_on_interrupt=magics.auto_cancel)
     except KeyboardInterrupt:
-        if magics.auto_cancel:
-            status = sync.run(raw.wait(30))
-            print(f"Interrupted: job {raw.id} is {status.value}.")
-        else:
-            print(f"Interrupted: job {raw.id} runs on (auto_cancel is off); "
-                  "its progress above keeps updating.")
+        print(interrupted(magics, raw))
         return None
     if out:
         magics.shell.user_ns[out] = result
     return result
+
+
+def interrupted(magics: Any, raw: Any) -> str:
+    """What came of a Ctrl-C, as the server last told it. `job.result` has already cancelled the
+    job when it was waiting; one more try covers a Ctrl-C before the wait began."""
+    if not magics.auto_cancel:
+        return (f"Interrupted: job {raw.id} runs on (auto_cancel is off); "
+                "its progress above keeps updating.")
+    if not sync.call(lambda: raw.done):
+        with contextlib.suppress(Exception):  # its outcome is told below
+            sync.run(raw.cancel(wait=CANCEL_WAIT))
+    status = sync.call(lambda: raw.status.value)
+    if sync.call(lambda: raw.done):
+        return f"Interrupted: job {raw.id} is {status}."
+    return (f"Interrupted: the server did not confirm the cancel of job {raw.id}; it was {status} "
+            "when last seen and may still be running there (see `%runcomfy jobs`).")
 
 
 def deliver(magics: Any, job: Any, args: Any) -> Any:
