@@ -55,15 +55,56 @@ def _env(*names: str) -> str | None:
     return None
 
 
+ENV_NAMES: dict[str, tuple[str, ...]] = {  # each setting's environment variables, the first set wins
+    "token": ("RUNCOMFY_TOKEN", "RUNCOMFY_API_KEY"),
+    "user_id": ("RUNCOMFY_USER_ID",),
+    "comfy_api_key": ("COMFY_CLOUD_API_KEY",),
+    "base_url": ("RUNCOMFY_BASE_URL",),
+    "model_api_url": ("RUNCOMFY_MODEL_API_URL",),
+    "comfy_cloud_url": ("COMFY_CLOUD_URL",),
+    "serverless_version": ("RUNCOMFY_SERVERLESS_VERSION",),
+    "timeout": ("RUNCOMFY_TIMEOUT",),
+    "output_dir": ("RUNCOMFY_OUTPUT_DIR",),
+    "auto_save": ("RUNCOMFY_AUTO_SAVE",),
+}
+SECRETS = frozenset({"token", "comfy_api_key"})
+SETTINGS: dict[str, Any] = {}
+"""Settings made in this process (`%runcomfy login`, `%runcomfy config KEY=VALUE`, `%runcomfy emulate`,
+`%config RunComfyMagics.output_dir`), by Config field name: they win over the environment, and
+keyword arguments win over them. Secrets are kept as `Secret`s."""
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def parse_setting(name: str, text: str) -> Any:
+    """The value of setting `name` written as text (an environment variable, `%runcomfy config`)."""
+    if name == "timeout":
+        try:
+            value = float(text)
+        except ValueError:
+            value = 0.0
+        if not 0 < value < float("inf"):
+            raise ConfigError(f"timeout must be a positive number of seconds, not {text!r}")
+        return value
+    if name == "auto_save":
+        if text.strip().lower() not in _TRUE | _FALSE:
+            raise ConfigError(f"auto_save must be on or off (1/0, true/false, yes/no), not {text!r}")
+        return text.strip().lower() in _TRUE
+    return text.strip()
+
+
 @dataclass(frozen=True)
 class Config:
-    """Where each API lives and the credentials for it.
+    """Where each API lives, the credentials for it, and where outputs are saved.
 
-    `Config.from_env()` reads `RUNCOMFY_TOKEN` (or `RUNCOMFY_API_KEY`), `RUNCOMFY_USER_ID`,
-    `COMFY_CLOUD_API_KEY`, `RUNCOMFY_BASE_URL`, `RUNCOMFY_MODEL_API_URL`, `COMFY_CLOUD_URL` and
-    `RUNCOMFY_SERVERLESS_VERSION`; keyword arguments win over the environment.
+    `Config.from_env()` reads the environment at each call — `RUNCOMFY_TOKEN` (or `RUNCOMFY_API_KEY`),
+    `RUNCOMFY_USER_ID`, `COMFY_CLOUD_API_KEY`, `RUNCOMFY_BASE_URL`, `RUNCOMFY_MODEL_API_URL`,
+    `COMFY_CLOUD_URL`, `RUNCOMFY_SERVERLESS_VERSION`, `RUNCOMFY_TIMEOUT`, `RUNCOMFY_OUTPUT_DIR` and
+    `RUNCOMFY_AUTO_SAVE` — then the settings made in this process (`SETTINGS`); keyword arguments win.
     `serverless_version` is the prefix of the four serverless queue calls, `/prod/v1` (default, as the
     queue pages document it) or `/prod/v2`; the deployment list and the instance proxy are v2 only.
+    `output_dir` is the default folder of every save; with `auto_save` every job's outputs are saved
+    there as it finishes.
     """
 
     token: Secret | None = None
@@ -74,18 +115,17 @@ class Config:
     comfy_cloud_url: str = DEFAULT_COMFY_CLOUD_URL
     serverless_version: str = "v1"
     timeout: float = 30.0
+    output_dir: str = "outputs"
+    auto_save: bool = False
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
-        values: dict[str, Any] = {
-            "token": _env("RUNCOMFY_TOKEN", "RUNCOMFY_API_KEY"),
-            "user_id": _env("RUNCOMFY_USER_ID"),
-            "comfy_api_key": _env("COMFY_CLOUD_API_KEY"),
-            "base_url": _env("RUNCOMFY_BASE_URL") or DEFAULT_BASE_URL,
-            "model_api_url": _env("RUNCOMFY_MODEL_API_URL") or DEFAULT_MODEL_API_URL,
-            "comfy_cloud_url": _env("COMFY_CLOUD_URL") or DEFAULT_COMFY_CLOUD_URL,
-            "serverless_version": _env("RUNCOMFY_SERVERLESS_VERSION") or "v1",
-        }
+        values: dict[str, Any] = {}
+        for name, env_names in ENV_NAMES.items():
+            text = _env(*env_names)
+            if text is not None:
+                values[name] = parse_setting(name, text)
+        values.update(SETTINGS)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -97,6 +137,8 @@ class Config:
         if self.serverless_version not in ("v1", "v2"):
             raise ConfigError("serverless_version (RUNCOMFY_SERVERLESS_VERSION) must be 'v1' or 'v2', "
                              f"not {self.serverless_version!r}")
+        if not self.output_dir:
+            object.__setattr__(self, "output_dir", "outputs")
 
     def with_(self, **changes: Any) -> Config:
         return replace(self, **changes)
@@ -124,4 +166,6 @@ class Config:
             "comfy_cloud_url": self.comfy_cloud_url,
             "serverless_version": self.serverless_version,
             "timeout": f"{self.timeout:g} s",
+            "output_dir": self.output_dir,
+            "auto_save": "on" if self.auto_save else "off",
         }

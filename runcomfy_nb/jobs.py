@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ContactLost, JobCancelled, JobError, JobFailed, JobTimeout, transient
+from .media import auto_save
 
 if TYPE_CHECKING:
     from .media import Media
@@ -115,8 +116,9 @@ class JobResult:
     def videos(self) -> list[Media]:
         return [m for m in self.media if m.kind == "video"]
 
-    async def save(self, directory: str | Path = "outputs") -> list[Path]:
-        """Download every media item into `directory`; returns the paths written."""
+    async def save(self, directory: str | Path | None = None) -> list[Path]:
+        """Download every media item into `directory` (default: the `output_dir` setting); returns
+        the paths written. No file is overwritten: a taken name gets a ` (1)` suffix (see `Media.save`)."""
         return [await m.save(directory) for m in self.media]
 
     def __repr__(self) -> str:
@@ -321,6 +323,7 @@ class Job:
             for media in result.media:
                 if not any(isinstance(e, Output) and e.media == media for e in self._history):
                     self.emit(Output(media))
+            await auto_save(self.id, result.media)  # with the auto_save setting on, before it counts as done
             self.emit(Finished(result))
         finally:
             changed, self._changed = self._changed, asyncio.Event()

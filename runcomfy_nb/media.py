@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from .config import Config
+
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
 ANIMATED_EXT = {".gif", ".webp"}
 VIDEO_EXT = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
 AUDIO_EXT = {".mp3", ".wav", ".flac", ".ogg", ".m4a", ".opus"}
 VIDEO_KEYS = {"gifs", "videos", "video", "animated"}
+MAX_NAME = 180
+# Windows opens a device, not a file, for these names whatever their extension
+_DEVICE = re.compile(r"(?i)(con|prn|aux|nul|com[1-9]|lpt[1-9]) *(\..*)?")
+log = logging.getLogger("runcomfy_nb")
 
 
 def classify(filename: str, key: str = "") -> str:
@@ -38,10 +47,66 @@ def mime_type(filename: str) -> str:
 
 
 def safe_filename(name: str, fallback: str = "output") -> str:
-    """A file name that cannot escape its folder or trouble a file system."""
+    """A file name that cannot escape its folder or trouble a file system: no path, no odd
+    characters, at most 180 characters with its extension kept, never a Windows device name
+    (`CON.png` becomes `_CON.png`)."""
     base = PurePosixPath(name.replace("\\", "/")).name
     base = re.sub(r"[^A-Za-z0-9._ ()+-]", "_", base).strip(" .")
-    return base[:180] or fallback
+    if len(base) > MAX_NAME:
+        suffix = PurePosixPath(base).suffix
+        suffix = suffix if len(suffix) <= 16 else ""
+        base = base[: MAX_NAME - len(suffix)].rstrip(" .") + suffix
+    if _DEVICE.fullmatch(base):
+        base = "_" + base
+    return base or fallback
+
+
+def claim(finished: Path, target: Path) -> Path:
+    """Move the finished file to `target`, or, when that name is taken, to the first free
+    `stem (1).ext`, `stem (2).ext`, ... beside it; returns where it went. It never replaces a file:
+    each name is taken atomically (a hard link, or an exclusive create where links are not
+    supported), so two saves at once never pick the same one."""
+    suffix = PurePosixPath(target.name).suffix
+    stem = target.name[: len(target.name) - len(suffix)]
+    for n in itertools.count():
+        candidate = target if n == 0 else target.with_name(f"{stem} ({n}){suffix}")
+        try:
+            os.link(finished, candidate)
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here: reserve the name, then move the file over the reservation
+            try:
+                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                continue
+            os.replace(finished, candidate)
+            return candidate
+        os.unlink(finished)
+        return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def output_dir() -> Path:
+    """The default folder of every save: the `output_dir` setting (`RUNCOMFY_OUTPUT_DIR`,
+    `%runcomfy config output_dir=...`), else `outputs`; read at each call."""
+    return Path(Config.from_env().output_dir)
+
+
+async def auto_save(job_id: str, media: list[Media]) -> list[Path]:
+    """With the `auto_save` setting on (`RUNCOMFY_AUTO_SAVE=1`, `%runcomfy config auto_save=on`),
+    save a finished job's media into `output_dir` and say where they went. A failed download is
+    logged and ends nothing: the job's result stays whole."""
+    if not media or not Config.from_env().auto_save:
+        return []
+    folder = output_dir()
+    try:
+        paths = [await m.save(folder) for m in media]
+    except Exception as exc:
+        log.warning("Auto-save of job %s into %s failed: %s", job_id, folder, exc)
+        return []
+    print(f"Saved {len(paths)} output{'s' if len(paths) > 1 else ''} of job {job_id} to "
+          f"{folder.resolve()}: {', '.join(p.name for p in paths)}")
+    return paths
 
 
 def filename_from_url(url: str) -> str:
@@ -49,7 +114,8 @@ def filename_from_url(url: str) -> str:
 
 
 class Fetcher(Protocol):
-    """Reads output files; never sends our credentials to the file's host. `loop` is the event
+    """Reads output files; never sends our credentials to the file's host. `save` writes to `path`,
+    or beside it under a free name (see `claim`), never over a file, and returns where. `loop` is the event
     loop it works on. A fetcher may add `public_url(media)` when a browser can load the URL
     itself (widgets then use it instead of passing bytes through the kernel)."""
 
@@ -93,9 +159,11 @@ class Media:
         """The file's bytes."""
         return await self._require_fetcher().read(self)
 
-    async def save(self, directory: str | Path = "outputs", name: str | None = None) -> Path:
-        """Download into `directory` (streamed, written atomically); returns the path."""
-        folder = Path(directory)
+    async def save(self, directory: str | Path | None = None, name: str | None = None) -> Path:
+        """Download into `directory` (default: `output_dir()`), streamed and written atomically;
+        returns the path written. It never overwrites a file: when the name is taken, the file is
+        saved as `name (1).ext`, `name (2).ext`, ... (see `claim`)."""
+        folder = output_dir() if directory is None else Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         return await self._require_fetcher().save(self, folder / safe_filename(name or self.filename))
 

@@ -1,27 +1,31 @@
 """HTTP transport: one `httpx.AsyncClient` per base URL, auth, retries and error mapping.
 
 Retries (stamina) follow one rule: a call is retried only when repeating it cannot cost money.
-Idempotent calls (GET, status polls, DELETE of a machine) retry on connection errors, timeouts,
-5xx and 429. A paid POST retries only when the request provably never reached the server (the
-connection could not be made) or the server refused it with 429 before accepting it.
+Idempotent calls (GET, status polls, DELETE of a machine) and downloads retry on connection errors,
+timeouts, 5xx (also an error body with a server error code in a 2xx reply) and 429 (after its
+Retry-After, up to 30 s). A paid POST retries only when the request provably never reached the
+server (the connection could not be made) or the server refused it with 429 before accepting it.
+A retried call logs one warning line, at its first retry; the later ones go to DEBUG.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import stamina
+from stamina.instrumentation import RetryDetails, get_on_retry_hooks, set_on_retry_hooks
 
 from . import __version__
 from .config import Secret
@@ -36,7 +40,7 @@ from .errors import (
     SubmitUncertain,
     TransportError,
 )
-from .media import Media
+from .media import Media, claim
 
 USER_AGENT = f"runcomfy_nb/{__version__}"
 _URL = re.compile(r"\b(?:https?|wss?)://\S+|(?<=host=)'[^']*'|(?<=host=)\"[^\"]*\"")
@@ -54,6 +58,44 @@ class _RedactURLs(logging.Filter):
 for _name in ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy",
               "websockets.client"):
     logging.getLogger(_name).addFilter(_RedactURLs())
+log = logging.getLogger("runcomfy_nb")
+_CALL: contextvars.ContextVar[str | None] = contextvars.ContextVar("runcomfy_nb_call", default=None)
+_OTHER_HOOKS = get_on_retry_hooks()  # what stamina does for retries that are not ours
+
+
+def _on_retry(details: RetryDetails) -> None:
+    """One warning line per retried call of ours (at its first retry), the rest at DEBUG; no URL
+    or secret in either. Other code's stamina retries keep the hooks they had."""
+    what = _CALL.get()
+    if what is None:
+        for hook in _OTHER_HOOKS:
+            hook(details)
+        return
+    first = details.retry_num == 1
+    log.log(logging.WARNING if first else logging.DEBUG, "%s failed (%s); retrying (attempt %d)%s",
+            what, _why(details.caused_by), details.retry_num + 1,
+            ", further retries of this call are logged at DEBUG" if first else "")
+
+
+set_on_retry_hooks([_on_retry])
+
+
+@contextlib.contextmanager
+def _retries_of(what: str) -> Iterator[None]:
+    """Name the call whose retries stamina reports in this block (for `_on_retry`)."""
+    token = _CALL.set(what)
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, APIError):
+        return f"HTTP {exc.status}" + (f", {exc.code}" if exc.code is not None else "")
+    return _reason(exc) if isinstance(exc, Exception) else type(exc).__name__
+
+
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 MAX_RETRY_AFTER = 30.0
 
@@ -94,16 +136,46 @@ def _message(body: Any) -> str:
     return ""
 
 
+MAX_DETAIL = 600  # characters of error details in a message
+
+
+def _texts(value: Any, depth: int = 0) -> list[str]:
+    """The messages in error details of any shape the APIs use: text, a list of texts, FastAPI's
+    `{loc, msg}` items, `{message, details}` objects, or a dict of errors per node or per field."""
+    if value is None or value == "" or depth > 6:
+        return []
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item, depth + 1)]
+    if not isinstance(value, dict):
+        return [" ".join(str(value).split())]
+    if "msg" in value or "loc" in value:
+        loc = ".".join(str(x) for x in value.get("loc") or [] if x != "body")
+        msg = " ".join(str(value.get("msg") or "").split())
+        return [f"{loc}: {msg}" if loc and msg else loc or msg]
+    if {"message", "error_message", "details", "errors"} & value.keys():
+        head = " ".join(str(value.get("message") or value.get("error_message") or "").split())
+        inner = _texts(value.get("details"), depth + 1) + _texts(value.get("errors"), depth + 1)
+        return [f"{head}: {text}" if head else text for text in inner] or ([head] if head else [])
+    texts = []
+    for key, item in value.items():
+        name = f"{key} ({item['class_type']})" if isinstance(item, dict) and item.get("class_type") else key
+        texts += [f"{name}: {text}" for text in _texts(item, depth + 1)]
+    return texts
+
+
 def _detail(body: Any) -> str:
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if not isinstance(detail, list):
+    """The error details of a body, one line, at most MAX_DETAIL characters."""
+    if not isinstance(body, dict):
         return ""
-    parts = []
-    for item in detail:
-        if isinstance(item, dict):
-            loc = ".".join(str(x) for x in item.get("loc", []) if x != "body")
-            parts.append(f"{loc}: {item.get('msg', '')}".strip(": "))
-    return "; ".join(p for p in parts if p)
+    sources = [body.get("details"), body.get("detail"), body.get("node_errors")]
+    if isinstance(body.get("error"), dict):
+        sources += [body["error"].get("details"), body["error"].get("errors")]
+    parts: list[str] = []
+    for text in (t for source in sources for t in _texts(source)):
+        if text and text not in parts:
+            parts.append(text)
+    joined = "; ".join(parts)
+    return joined if len(joined) <= MAX_DETAIL else joined[: MAX_DETAIL - 1].rstrip() + "…"
 
 
 # Codes whose meaning the HTTP status may not carry (a 2xx body-level error, or a plain 400):
@@ -112,17 +184,32 @@ def _detail(body: Any) -> str:
 _CODE_KIND = {10001: 402, 10002: 409, 10003: 404, 400002: 402, 400004: 401}
 
 
+# String codes of a server failure (some replies carry them in a 2xx body): a ServerError, which
+# idempotent calls retry; a paid POST is never sent again for it.
+_SERVER_CODES = {"internal_error": 500, "internal_server_error": 500, "server_error": 500,
+                 "bad_gateway": 502, "service_unavailable": 503, "gateway_timeout": 504}
+
+
+def _error_code(body: Any) -> int | str | None:
+    code = body.get("error_code") if isinstance(body, dict) else None
+    if isinstance(code, str) and code.strip().isdigit():
+        return int(code)  # codes come as strings as well as integers
+    return code if isinstance(code, (int, str)) and not isinstance(code, bool) else None
+
+
 def api_error(status: int, body: Any, headers: Mapping[str, str], service: str) -> APIError:
     """The exception for an HTTP error status or a body-level `error_code`."""
-    code = body.get("error_code") if isinstance(body, dict) else None
+    code = _error_code(body)
     kind = status
     if isinstance(code, int) and code in _CODE_KIND and status <= 400:
         kind = _CODE_KIND[code]
     elif isinstance(code, int) and status < 400:  # body-level error in a 2xx reply
         kind = code // 1000 if code >= 100000 else 400
+    elif isinstance(code, str) and status < 400:
+        kind = _SERVER_CODES.get(code.strip().lower(), status)
     text = _message(body)
     detail = _detail(body)
-    reason = f"{text} ({detail})" if detail and detail not in text else text
+    reason = (f"{text} ({detail})" if detail not in text else text) if text and detail else text or detail
     kw: dict[str, Any] = {"status": status, "code": code, "detail": body}
     if kind in (401, 403):
         what = "rejected the credentials" if kind == 401 else "refused access"
@@ -143,6 +230,11 @@ def api_error(status: int, body: Any, headers: Mapping[str, str], service: str) 
         return NotFound(f"{service}: {reason or 'not found'}. Check the id.", **kw)
     if 400 <= kind < 500:
         return BadRequest(f"{service} rejected the request: {reason or f'HTTP {kind}'}", **kw)
+    if kind >= 500 and status < 400:
+        return ServerError(
+            f"{service} answered HTTP {status} with an error ({code}{'' if not reason else ': ' + reason}); "
+            "calls safe to repeat were retried, a submit was not sent again: check your recent jobs "
+            "before submitting again.", **kw)
     if kind >= 500:
         return ServerError(
             f"{service} failed ({kind}{'' if not reason else ': ' + reason}); it was retried "
@@ -243,12 +335,13 @@ class Transport:
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(10.0, timeout))
         try:
-            async for attempt in stamina.retry_context(
-                on=_retry_hook(idempotent), attempts=self._attempts, timeout=self._retry_timeout,
-                wait_initial=0.3, wait_max=10.0,
-            ):
-                with attempt:
-                    return await self._once(method, path, **kwargs)
+            with _retries_of(f"{self.service} {method.upper()} call"):
+                async for attempt in stamina.retry_context(
+                    on=_retry_hook(idempotent), attempts=self._attempts, timeout=self._retry_timeout,
+                    wait_initial=0.3, wait_max=10.0,
+                ):
+                    with attempt:
+                        return await self._once(method, path, **kwargs)
         except NEVER_SENT as exc:
             raise TransportError(f"Could not connect to {self.service}: {_reason(exc)}. "
                                  "Check the network and the base URL.") from None
@@ -312,29 +405,33 @@ class Storage:
 
     async def _stream_to(self, media: Media, sink: Any) -> int:
         self.loop = self.loop or asyncio.get_running_loop()
-        async for attempt in stamina.retry_context(
-            on=(httpx.TransportError, ServerError), attempts=3, timeout=120.0, wait_initial=0.3,
-        ):
-            with attempt:
-                sink.seek(0)
-                sink.truncate()
-                async with self._client.stream("GET", media.url) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        raise api_error(response.status_code, _parse(response),
-                                        response.headers, f"Download of {media.filename}")
-                    expected = int(response.headers.get("content-length") or -1)
-                    size = 0
-                    try:
-                        async for chunk in response.aiter_bytes():
-                            sink.write(chunk)
-                            size += len(chunk)
-                    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-                        raise httpx.ReadError(f"truncated after {size} bytes") from exc
-                    if expected >= 0 and size != expected:
-                        raise httpx.ReadError(f"truncated: {size} of {expected} bytes")
-                    return size
+        with _retries_of(f"Download of {media.filename}"):
+            async for attempt in stamina.retry_context(
+                on=_retry_hook(True), attempts=5, timeout=120.0, wait_initial=0.3, wait_max=10.0,
+            ):
+                with attempt:
+                    return await self._stream_once(media, sink)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _stream_once(self, media: Media, sink: Any) -> int:
+        sink.seek(0)
+        sink.truncate()
+        async with self._client.stream("GET", media.url) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise api_error(response.status_code, _parse(response), response.headers,
+                                f"Download of {media.filename}")
+            expected = int(response.headers.get("content-length") or -1)
+            size = 0
+            try:
+                async for chunk in response.aiter_bytes():
+                    sink.write(chunk)
+                    size += len(chunk)
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                raise httpx.ReadError(f"truncated after {size} bytes") from exc
+            if expected >= 0 and size != expected:
+                raise httpx.ReadError(f"truncated: {size} of {expected} bytes")
+            return size
 
     def public_url(self, media: Media) -> str:
         """Serverless output URLs need no credentials, so a browser may load them directly."""
@@ -352,18 +449,18 @@ class Storage:
         return buffer.getvalue()
 
     async def save(self, media: Media, path: Path) -> Path:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        """Download to `path`, or beside it under a free name: never over a file (see `media.claim`)."""
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:60]}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as sink:
                 await self._stream_to(media, sink)
-            os.replace(tmp, path)
+            return claim(Path(tmp), path)
         except httpx.TransportError as exc:
             raise TransportError(f"Download of {media.filename} failed: {exc}. "
                                  "Nothing was written; try again.") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        return path
 
     async def aclose(self) -> None:
         await self._client.aclose()
