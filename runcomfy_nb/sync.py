@@ -17,6 +17,7 @@ import contextlib
 import functools
 import inspect
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -54,7 +55,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except KeyboardInterrupt:
         running.cancel()
         with contextlib.suppress(KeyboardInterrupt):
-            running.ended.wait(CANCEL_GRACE)
+            _block(running.ended, CANCEL_GRACE)
         raise
     # not future.result(timeout=...): our JobTimeout is a TimeoutError too
     return running.future.result()
@@ -134,11 +135,14 @@ def on_loop_thread(target: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def _block(ended: threading.Event) -> None:
-    """Wait for `ended` in short steps, so Ctrl-C is handled at once; on a kernel's main thread the
-    widgets' messages that arrived meanwhile are handled between the steps."""
+def _block(ended: threading.Event, limit: float | None = None) -> None:
+    """Wait for `ended` (at most `limit` s) in short steps, so Ctrl-C is handled at once; on a
+    kernel's main thread the widgets' messages that arrived meanwhile are handled between steps."""
+    deadline = None if limit is None else time.monotonic() + limit
     with uievents.pumping() as pump:
         while not ended.wait(POLL):
+            if deadline is not None and time.monotonic() > deadline:
+                return
             pump()
 
 

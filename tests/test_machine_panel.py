@@ -379,6 +379,24 @@ def test_buttons_act_on_the_machines_loop(thread_loop: asyncio.AbstractEventLoop
         panel.close()
 
 
+def test_a_click_never_waits_for_the_machines_loop(thread_loop: asyncio.AbstractEventLoop) -> None:
+    # clicks are handled on the kernel's thread while a cell blocks (runcomfy_nb.uievents): they
+    # must only schedule work on the machines' loop, never wait for it
+    machine = on(thread_loop, lambda: FakeMachine(info(ID_A)))
+    panel = MachinePanel(FakeMachines(machine), loop=thread_loop)
+    try:
+        busy, release, hogged = threading.Event(), threading.Event(), []
+        thread_loop.call_soon_threadsafe(lambda: (busy.set(), hogged.append(release.wait(10))))
+        assert busy.wait(5)
+        click(panel, "stop", ID_A)
+        returned_while_busy = not hogged
+        release.set()
+        assert returned_while_busy
+        wait_for(lambda: row(panel, ID_A)["state"] == "stopping" and row(panel, ID_A)["pending"] == "")
+    finally:
+        panel.close()
+
+
 def test_background_refresh_on_the_machines_loop(thread_loop: asyncio.AbstractEventLoop, fast: None) -> None:
     machine = on(thread_loop, lambda: FakeMachine(info(ID_A, "starting")))
     machine.next = [info(ID_A, "starting"), info(ID_A, "ready", ready_ago=1)]

@@ -70,6 +70,52 @@ def test_ctrl_c_in_a_blocking_wait_cancels_the_remote_job(fresh: Emulator) -> No
     assert remote.status in ("cancelled", "canceled")
 
 
+def test_ctrl_c_waits_until_the_cancelled_task_has_finished() -> None:
+    finished = threading.Event()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:  # as Job.result does: cancel the remote job, then go on
+            await asyncio.sleep(0.5)
+            finished.set()
+            raise
+
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        sync.run(work())
+    assert finished.is_set()  # not merely scheduled: done before the interrupt went on
+
+
+def test_a_second_ctrl_c_stops_waiting_for_the_cancel() -> None:
+    release = threading.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            _thread.interrupt_main()  # the user presses Ctrl-C again while the cancel runs
+            await asyncio.to_thread(release.wait, 30)
+            raise
+
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sync.run(stubborn())
+        assert time.monotonic() - started < sync.CANCEL_GRACE / 2
+    finally:
+        release.set()
+
+
+def test_no_widget_pump_outside_a_kernel() -> None:
+    from runcomfy_nb import uievents
+
+    with uievents.pumping() as pump:
+        assert pump() is None  # here a no-op; the real kernel is tests/test_kernel_ui_events.py
+    assert sync.run(asyncio.sleep(0.25, "done")) == "done"
+
+
 def test_ctrl_c_can_detach_instead(fresh: Emulator) -> None:
     fresh.set_fault(FLUX, "slow_queue", seconds=2)
     client = rc.RunComfy(token=TOKEN, base_url=fresh.url)

@@ -240,6 +240,24 @@ def test_cancel_when_the_job_lives_on_a_background_loop(thread_loop: asyncio.Abs
     assert backend.cancel_calls == 1 and backend.cancel_threads != [threading.get_ident()]
 
 
+def test_a_click_never_waits_for_the_jobs_loop(thread_loop: asyncio.AbstractEventLoop) -> None:
+    # while a cell blocks, clicks are handled on the kernel's thread (runcomfy_nb.uievents): a
+    # handler that waited for the job's loop could hang the kernel, so it only schedules work there
+    backend = Script(Started(), HOLD)
+    job = job_on(thread_loop, backend, kind="deployment", id="c4")
+    widget = JobProgress(job)
+    wait_for(lambda: widget.status == "running")
+    busy, release, hogged = threading.Event(), threading.Event(), []
+    thread_loop.call_soon_threadsafe(lambda: (busy.set(), hogged.append(release.wait(10))))
+    assert busy.wait(5)
+    widget._handle_custom_msg({"type": "cancel"}, [])
+    returned_while_busy = not hogged
+    release.set()
+    assert returned_while_busy
+    wait_for(lambda: widget.status == "cancelled")
+    assert backend.cancel_calls == 1
+
+
 async def test_a_refused_cancel_says_so() -> None:
     class Stubborn(Script):
         async def cancel(self) -> bool:
