@@ -8,6 +8,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from runcomfy_nb import sync
+from runcomfy_nb.config import SETTINGS
 from runcomfy_nb.magics.session import SESSION
 
 from .conftest import emulating_shell, run_cell
@@ -87,12 +88,9 @@ def test_failed_job_shows_server_text(ip: InteractiveShell, capsys: pytest.Captu
 
 def test_missing_token_is_one_line(ip: InteractiveShell, capsys: pytest.CaptureFixture[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    saved = SESSION.config
-    SESSION.use(saved.with_(token=None))
-    try:
-        result, text = run(ip, "%%runcomfy run dep-flux-kontext\n31.seed = 1\n", capsys)
-    finally:
-        SESSION.use(saved)
+    monkeypatch.delitem(SETTINGS, "token")  # the emulator's, set by %runcomfy emulate
+    monkeypatch.delenv("RUNCOMFY_TOKEN")
+    result, text = run(ip, "%%runcomfy run dep-flux-kontext\n31.seed = 1\n", capsys)
     assert not result.success and "RUNCOMFY_TOKEN" in text and "Traceback" not in text
 
 

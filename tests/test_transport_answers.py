@@ -98,9 +98,11 @@ NODE_ERRORS = {"3": {"class_type": "KSampler", "dependent_outputs": ["9"],
     ({"error_code": 400001, "error_message": "Invalid", "detail": ["seed must be an integer"]},
      ["seed must be an integer"]),
     ({"error_code": 422001, "error_message": "Invalid body",
-      "detail": [{"loc": ["body", "overrides", "31"], "msg": "unknown node"}]}, ["overrides.31: unknown node"]),
+      "detail": [{"loc": ["body", "overrides", "31"], "msg": "unknown node"}]},
+     ["overrides.31: unknown node"]),
     ({"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                "details": ["node 3: sampler_name"]}}, ["Prompt outputs failed validation", "node 3: sampler_name"]),
+                "details": ["node 3: sampler_name"]}},
+     ["Prompt outputs failed validation", "node 3: sampler_name"]),
     ({"error": {"message": "Prompt outputs failed validation", "details": ""}, "node_errors": NODE_ERRORS},
      ["KSampler", "sampler_name: 'eulr' not in ['euler']"]),
     ({"message": "Bad input", "detail": {"seed": "must be an integer", "steps": ["too large"]}},
@@ -115,7 +117,8 @@ def test_error_details_in_every_shape_reach_the_message(body: dict[str, Any], wo
 
 
 def test_error_details_are_bounded() -> None:
-    body = {"error_code": 400001, "error_message": "Invalid", "details": [f"problem {n} " * 20 for n in range(500)]}
+    body = {"error_code": 400001, "error_message": "Invalid",
+            "details": [f"problem {n} " * 20 for n in range(500)]}
     text = str(api_error(400, body, {}, "RunComfy"))
     assert "problem 0" in text and len(text) < 1200
 

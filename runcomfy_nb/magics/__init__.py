@@ -12,8 +12,9 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from traitlets import Bool, Float, Unicode
+from traitlets import Bool, Float, Unicode, observe
 
+from ..config import SETTINGS
 from ..errors import RunComfyError
 from .registry import SUBCOMMANDS, help_text
 
@@ -31,9 +32,20 @@ class RunComfyMagics(Magics):
     timeout = Float(900.0, config=True, help="Default seconds a cell waits for a job.").tag(
         config=True
     )
-    output_dir = Unicode("outputs", config=True, help="Where `save` writes output files.").tag(
-        config=True
-    )
+    output_dir = Unicode(
+        "", help="Default folder of every save and of auto_save ('': RUNCOMFY_OUTPUT_DIR, else outputs).",
+    ).tag(config=True)
+    auto_save = Bool(
+        False, help="Save every job's outputs into output_dir as it finishes (also RUNCOMFY_AUTO_SAVE=1).",
+    ).tag(config=True)
+
+    @observe("output_dir", "auto_save")
+    def _into_settings(self, change: Any) -> None:
+        # the setting lives in config.SETTINGS, where every save (and `rc.RunComfy()`) reads it
+        if change["name"] == "output_dir" and not change["new"]:
+            SETTINGS.pop("output_dir", None)
+        else:
+            SETTINGS[change["name"]] = change["new"]
 
     @line_cell_magic
     def runcomfy(self, line: str, cell: str | None = None) -> Any:

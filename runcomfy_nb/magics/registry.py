@@ -37,5 +37,6 @@ def help_text(short: bool = False) -> str:
     for command in sorted(SUBCOMMANDS.values(), key=lambda c: c.name):
         prefix = "%%" if command.cell else "%"
         lines.append(f"  {prefix}runcomfy {command.usage.ljust(width)}  {command.summary}")
-    lines += ["", "Settings: %config RunComfyMagics (auto_cancel, timeout, output_dir)."]
+    lines += ["", "Settings: %runcomfy config KEY=VALUE (output_dir, auto_save, base_url, timeout, ...); "
+              "%config RunComfyMagics (auto_cancel, timeout, output_dir, auto_save)."]
     return "\n".join(lines)

@@ -1,42 +1,82 @@
-"""What the magics of one kernel share: the config, the blocking client, the emulator."""
+"""What the magics of one kernel share: the clients for the current config, the emulator."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import os
+from collections.abc import MutableMapping
 from typing import Any
 
 from .. import sync
-from ..config import Config
+from ..config import ENV_NAMES, SECRETS, SETTINGS, Config, Secret
 from ..errors import ValidationError
 from ..facade import ComfyCloud, ComfyUI, RunComfy
+from ..jobs import recent_jobs
 
-_ENV_KEYS = ("RUNCOMFY_TOKEN", "RUNCOMFY_BASE_URL", "RUNCOMFY_MODEL_API_URL", "COMFY_CLOUD_URL",
-             "COMFY_CLOUD_API_KEY", "RUNCOMFY_USER_ID")
+
+async def _close_when_idle(clients: list[Any]) -> None:
+    """Close clients replaced after a config change once the jobs running here then have ended:
+    their polls and cancels go through these clients, so closing at once would cut them off."""
+    loop = asyncio.get_running_loop()
+    running = [job for job in recent_jobs() if job.loop is loop and not job.done and not job.detached]
+    if running:
+        await asyncio.wait([loop.create_task(job.wait()) for job in running])
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.aclose()
 
 
 class Session:
     def __init__(self) -> None:
-        self.config = Config.from_env()
+        self._made_with: Config | None = None  # the config the cached clients were made with
         self._client: Any = None
         self._cloud: Any = None
+        self._comfy: dict[str, Any] = {}
+        self._closing: set[concurrent.futures.Future[None]] = set()
         self.emulator: Any = None
         self.comfy_target: str | None = None  # a machine id or a ComfyUI URL for %%runcomfy prompt
         self.exit_hook = False
-        self._comfy: dict[str, Any] = {}
-        self._saved_env: dict[str, str | None] = {}
+        # what `%runcomfy emulate` replaced: (store, key) -> (the value before, the value it set)
+        self._emulated: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    @property
+    def config(self) -> Config:
+        """The configuration now: the environment, then the settings made in this kernel."""
+        return Config.from_env()
+
+    def _current(self) -> Config:
+        """The config now; the cached clients are replaced when it changed since they were made."""
+        config = Config.from_env()
+        if config != self._made_with:
+            self._retire()
+            self._made_with = config
+        return config
+
+    def _retire(self) -> None:
+        old = [sync.unwrap(c) for c in (self._client, self._cloud, *self._comfy.values()) if c is not None]
+        self._client = self._cloud = None
+        self._comfy.clear()
+        if old:
+            future = asyncio.run_coroutine_threadsafe(_close_when_idle(old), sync.loop())
+            self._closing.add(future)
+            future.add_done_callback(self._closing.discard)
 
     @property
     def client(self) -> Any:
-        """The blocking `RunComfy` client for the current config (made on first use)."""
+        """The blocking `RunComfy` client for the current config (remade when the config changed)."""
+        config = self._current()
         if self._client is None:
-            self._client = RunComfy(config=self.config)
+            self._client = RunComfy(config=config)
         return self._client
 
     @property
     def cloud(self) -> Any:
-        """The blocking `ComfyCloud` client for the current config (made on first use)."""
+        """The blocking `ComfyCloud` client for the current config (remade when the config changed)."""
+        config = self._current()
         if self._cloud is None:
-            self._cloud = ComfyCloud(config=self.config)
+            self._cloud = ComfyCloud(config=config)
         return self._cloud
 
     def comfy(self, target: str | None = None) -> Any:
@@ -45,6 +85,7 @@ class Session:
         if not target:
             raise ValidationError("No ComfyUI target: pass --machine ID or --url URL, or run "
                                   "`%runcomfy connect ID|URL` first.")
+        self._current()
         if target not in self._comfy:
             if target.startswith(("http://", "https://")):
                 url: Any = target
@@ -57,27 +98,30 @@ class Session:
             self._comfy[target] = ComfyUI(url)
         return self._comfy[target]
 
-    def use(self, config: Config) -> None:
-        for client in (self._client, self._cloud):
-            if client is not None:
-                sync.run(sync.unwrap(client).aclose())
-        self._client = self._cloud = None
-        self._comfy.clear()
-        self.config = config
+    def point_at(self, values: dict[str, str]) -> None:
+        """Point this kernel's settings, and the environment (so `rc.RunComfy()` in user code and
+        subprocesses follow), at `values` (Config field names), keeping what was there before."""
+        for key, value in values.items():
+            setting = Secret(value) if key in SECRETS else value
+            self._replace("settings", SETTINGS, key, setting)
+            self._replace("env", os.environ, ENV_NAMES[key][0], value)
 
-    def point_env_at(self, values: dict[str, str]) -> None:
-        """Set env vars so `rc.RunComfy()` in user code talks to the emulator too."""
-        for key in _ENV_KEYS:
-            self._saved_env.setdefault(key, os.environ.get(key))
-        os.environ.update(values)
+    def _replace(self, store: str, mapping: MutableMapping[str, Any], key: str, value: Any) -> None:
+        before, _ = self._emulated.get((store, key), (mapping.get(key), None))
+        self._emulated[(store, key)] = (before, value)
+        mapping[key] = value
 
-    def restore_env(self) -> None:
-        for key, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
+    def give_back(self) -> None:
+        """Undo `point_at` where a value is still the one it set; what the user set meanwhile stays."""
+        for (store, key), (before, value) in self._emulated.items():
+            mapping: MutableMapping[str, Any] = SETTINGS if store == "settings" else os.environ
+            if mapping.get(key) != value:
+                continue
+            if before is None:
+                mapping.pop(key, None)
             else:
-                os.environ[key] = value
-        self._saved_env.clear()
+                mapping[key] = before
+        self._emulated.clear()
 
 
 SESSION = Session()
