@@ -50,7 +50,7 @@ from ..errors import (
     SubscriptionInactive,
     ValidationError,
 )
-from ..jobs import Job, JobResult, Started, Status, parse_status
+from ..jobs import Job, Started, Status, parse_status
 from ..media import Media
 from ..timefmt import parse_timestamp
 from ..transport import Storage, Transport, api_error
@@ -266,14 +266,13 @@ class _Router:
                 await self._replace()
             run._adopt_shared(self.ws, self.generation)
 
-    async def revive(self, run: _CloudRun) -> None:
-        """A new socket after the one `run` followed dropped, unless another run made one already."""
+    async def revive(self, run: _CloudRun, retry: bool) -> None:
+        """A new socket after the one `run` followed dropped, unless another run made one already;
+        `retry`: the handshake is tried again after a 429, a 5xx or a connection error."""
         lost = run._generation  # read before waiting: a replacement adopts the run meanwhile
         async with self._lock:
             if self.ws is None or self.generation == lost:
-                async for attempt in run._reconnect_attempts():
-                    with attempt:
-                        await self._replace()
+                await (self.api._handshake(self._replace) if retry else self._replace())
             run._adopt_shared(self.ws, self.generation)
 
     async def leave(self, run: _CloudRun) -> None:
@@ -373,13 +372,14 @@ class _CloudRun(_PromptRun):
 
     def _adopt_shared(self, ws: ClientConnection | None, generation: int) -> None:
         self._ws, self._generation = ws, generation
+        self._socket_warned = self._socket_warned and ws is None
         self._last_message = asyncio.get_running_loop().time()
 
     async def _open(self) -> None:
         await self.api._router.join(self)
 
-    async def _reopen(self) -> None:
-        await self.api._router.revive(self)
+    async def _reopen(self, retry: bool) -> None:
+        await self.api._router.revive(self, retry)
 
     async def close(self) -> None:
         self._ws = None
@@ -391,8 +391,8 @@ class _CloudRun(_PromptRun):
             return None
         return HistoryEntry(info.id, info.status, info.media, info.text, info.error, raw=info.raw)
 
-    async def _reconcile(self, max_age: float = 0.0) -> JobResult | None:
-        """Where the job is now: the account's queue, else its status, then its outcome."""
+    async def _locate(self, max_age: float) -> HistoryEntry | None:
+        """The job's outcome once it ended, else None: the account's queue, else its status."""
         job = self.job
         assert job is not None
         try:
@@ -403,14 +403,10 @@ class _CloudRun(_PromptRun):
                 if state.status is Status.RUNNING and job.status is Status.QUEUED:
                     job.emit(Started())
                 return None
-            entry = await self._outcome()
+            return await self._outcome()
         except NotFound:
             raise JobFailed(f"{SERVICE} does not know job {self.prompt_id} (any more).",
                             job_id=self.prompt_id) from None
-        except RunComfyError as exc:
-            log.warning("Could not check job %s on %s: %s", self.prompt_id, SERVICE, exc)
-            return None
-        return self._settle(entry) if entry is not None else None
 
 
 # --- the client ----------------------------------------------------------------------------------
@@ -427,6 +423,7 @@ class AsyncComfyCloud(AsyncComfyUI):
     service = "Comfy Cloud service"
     kind = "cloud"
     label = SERVICE
+    handle = "cloud"
 
     def __init__(self, api_key: str | Secret | None = None, *, base_url: str | None = None,
                  config: Config | None = None, timeout: float | None = None) -> None:

@@ -14,13 +14,15 @@ import json
 import logging
 import os
 import struct
+import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
+import httpx
 import stamina
 from websockets.exceptions import WebSocketException
 
@@ -29,21 +31,25 @@ from ..errors import (
     APIError,
     BadRequest,
     JobCancelled,
+    JobError,
     JobFailed,
     NotFound,
     RunComfyError,
     SubmitUncertain,
+    TransportError,
     ValidationError,
+    transient,
 )
-from ..jobs import Job, JobResult, NodeStarted, Output, Preview, Progress, Queued, Started, Status
-from ..media import Media, media_from_outputs, mime_type
-from ..transport import USER_AGENT, Storage, Transport
+from ..jobs import Contact, Job, JobResult, NodeStarted, Output, Preview, Progress, Queued, Started, Status
+from ..media import Media, claim, media_from_outputs, mime_type
+from ..transport import USER_AGENT, Storage, Transport, _retries_of
 from ..workflow import Workflow
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
 SERVICE = "ComfyUI server"
+T = TypeVar("T")
 CLIENT_ID_PREFIX = "rcnb-"  # marks client ids we made, so `attach` may take one over
 log = logging.getLogger("runcomfy_nb")
 # websockets logs the handshake (host, path, query) at DEBUG; give it a logger that never does.
@@ -54,6 +60,11 @@ _WS_ERRORS: tuple[type[BaseException], ...] = (
     OSError, asyncio.TimeoutError, TimeoutError, WebSocketException,
 )
 _PREVIEW_MIME = {1: "image/jpeg", 2: "image/png"}
+_IMAGE_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/bmp": ".bmp"}
+SOCKET_SAVERS = {"SaveImageWebsocket"}  # nodes whose images exist only as WebSocket frames
+WS_ATTEMPTS = 5
+WS_RETRY_TIMEOUT = 30.0   # seconds a handshake is tried for
+WS_MAX_RETRY_AFTER = 10.0  # a longer Retry-After is cut to this
 _OBJECT_INFO: dict[str, tuple[bool, dict[str, Any]]] = {}  # base URL → (complete?, class → schema)
 
 
@@ -222,6 +233,21 @@ def _ws_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _ws_retry(exc: Exception) -> bool | float:
+    """Whether (or after how many seconds) to try a failed handshake again: after a connection
+    error, a 5xx, or a 429 (its Retry-After, capped); any other refusal (401, 403, 404) is final."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status is None:
+        return isinstance(exc, _WS_ERRORS)
+    if status != 429 and status < 500:
+        return False
+    try:
+        return min(max(0.0, float(response.headers.get("Retry-After"))), WS_MAX_RETRY_AFTER)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return True
+
+
 # --- the client ----------------------------------------------------------------------------------
 
 
@@ -253,6 +279,7 @@ class AsyncComfyUI:
     service = SERVICE  # how messages name the server
     kind = "comfyui"   # `Job.kind` of its jobs
     label = "ComfyUI"  # the start of their default label
+    handle = "comfy"   # what the re-attach hint of a lost job calls the client
 
     def __init__(self, base_url: str | Secret, *, timeout: float = 30.0) -> None:
         raw = base_url.get() if isinstance(base_url, Secret) else base_url
@@ -603,6 +630,34 @@ class AsyncComfyUI:
         scheme = "wss" if parts.scheme == "https" else "ws"
         return urlunsplit((scheme, parts.netloc, f"{parts.path}/ws", f"clientId={quote(client_id)}", ""))
 
+    async def _handshake(self, open_once: Callable[[], Awaitable[None]]) -> None:
+        """`open_once()` (a WebSocket handshake), tried again after a connection error, a 5xx or a
+        429 (after its Retry-After, capped), for up to WS_RETRY_TIMEOUT s."""
+        with _retries_of(f"{self.service} WebSocket handshake"):
+            async for attempt in stamina.retry_context(on=_ws_retry, attempts=WS_ATTEMPTS,
+                                                       timeout=WS_RETRY_TIMEOUT, wait_initial=0.25,
+                                                       wait_max=4.0):
+                with attempt:
+                    await open_once()
+
+    async def _answering(self, timeout: float = 10.0) -> None:
+        """Raise TransportError unless one GET /queue, without retries (and so without their
+        log lines), is answered: the probe of a server that stopped answering."""
+        try:
+            await asyncio.wait_for(self._http._once("GET", "/queue"), timeout)
+        except RunComfyError as exc:
+            if transient(exc):
+                raise TransportError(f"The {self.service} does not answer ({exc}).") from None
+        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+            raise TransportError(f"The {self.service} does not answer ({type(exc).__name__}).") from None
+
+    async def _answers(self, timeout: float) -> bool:
+        try:
+            await self._answering(timeout)
+        except TransportError:
+            return False
+        return True
+
     async def _open_socket(self, client_id: str) -> ClientConnection:
         from websockets.asyncio.client import connect
 
@@ -640,19 +695,57 @@ class _Dropped:
         self.generation = generation
 
 
+class _Unreachable(Exception):
+    """A call to the server failed transiently; the outage is logged and the contact checked."""
+
+
 _POKE = object()
+_END = object()    # what a frame asks for: the prompt ended (the end-of-prompt marker)
+_CHECK = object()  # the queue changed: check where the prompt is
+
+
+class _Held:
+    """An output that exists only as a WebSocket frame (`SaveImageWebsocket`): its bytes are here,
+    so `read()` and `save()` need no download. The bytes stay out of the repr."""
+
+    def __init__(self, data: bytes, storage: Storage) -> None:
+        self._data = data
+        self._storage = storage
+
+    def __repr__(self) -> str:
+        return f"<{len(self._data)} bytes from the WebSocket>"
+
+    @property
+    def loop(self) -> Any:
+        return self._storage.loop
+
+    async def read(self, media: Media) -> bytes:
+        return self._data
+
+    async def save(self, media: Media, path: Path) -> Path:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:60]}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                sink.write(self._data)
+            return claim(Path(tmp), path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 class _PromptRun:
     """The JobBackend of one prompt: the WebSocket for live events, `/queue` and `/history`
-    whenever the socket drops, goes quiet or a cancel was asked for."""
+    whenever the socket drops, goes quiet or a cancel was asked for. A server that stops answering
+    is probed (one attempt, no retries) until it answers again; after the contact timeout without
+    any answer the job fails with ContactLost."""
 
     IDLE_CHECK = 10.0        # a quiet socket: check /queue and /history this often
     POLL_INTERVAL = 1.0      # without a socket (or while ending or cancelling)
-    RECONNECT_ATTEMPTS = 5
-    RECONNECT_TIMEOUT = 30.0
     MAX_DROPS = 20           # then follow the prompt by polling only
     HISTORY_WAIT = 5.0       # history is written a moment after execution_success
+    CATCH_UP_WAIT = 5.0      # at most this long for the frames of a prompt the history shows ended
+    CATCH_UP_QUIET = 1.0     # ... and no longer once the socket stays quiet this long
+    CANCEL_CALL_TIMEOUT = 15.0
     RECONNECT_WHEN_SILENT = True  # a quiet socket may have been unregistered (see _reconnect)
 
     def __init__(self, api: AsyncComfyUI, nodes: Mapping[str, Any], client_id: str) -> None:
@@ -672,8 +765,11 @@ class _PromptRun:
         self._done: set[str] = set()
         self._last_progress: tuple[Any, ...] | None = None
         self._emitted: list[Media] = []
+        self._held: list[Media] = []  # outputs that came as frames (SaveImageWebsocket)
         self._text: list[str] = []
-        self._succeeded = self._cancelling = False
+        self._succeeded = self._cancelling = self._ended = False
+        self._outage = self._socket_warned = False
+        self._contact: Contact | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -696,11 +792,51 @@ class _PromptRun:
         """Check the queue and history now (after a cancel or a delete)."""
         self._inbox.put_nowait(_POKE)
 
+    # -- contact --
+    @property
+    def contact(self) -> Contact:
+        if self._contact is None:
+            self._contact = Contact(self.api.service, self.prompt_id,
+                                    f"`await {self.api.handle}.attach({self.prompt_id!r})`")
+        return self._contact
+
+    def _answered(self) -> None:
+        self.contact.answered()
+        if self._outage:
+            self._outage = False
+            log.info("The %s answers again; following prompt %s on.", self.api.service, self.prompt_id)
+
+    def _unanswered(self, reason: str) -> None:
+        """One line when an outage starts (not one per attempt); ContactLost past the contact timeout."""
+        if not self._outage:
+            self._outage = True
+            log.warning("The %s does not answer (%s); prompt %s is checked again until it does, for up "
+                        "to %.0f s.", self.api.service, reason, self.prompt_id, self.contact.limit)
+        self.contact.check()
+
+    async def _reach(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, or _Unreachable when the server did not answer it. During an outage a single
+        probe comes first, so the waiting logs no retries."""
+        contact = self.contact
+        if self._outage and not await self.api._answers(max(0.5, contact.limit - contact.silent)):
+            self._unanswered("still no answer")
+            raise _Unreachable
+        try:  # cut at the contact timeout: a server that takes connections but never answers
+            value = await asyncio.wait_for(call(), max(0.5, contact.limit - contact.silent))
+        except (asyncio.TimeoutError, RunComfyError) as exc:
+            if isinstance(exc, JobError) or not (transient(exc) or isinstance(exc, asyncio.TimeoutError)):
+                raise
+            self._unanswered(str(exc) or "timed out")
+            raise _Unreachable from None
+        self._answered()
+        return value
+
     # -- socket --
     async def connect(self) -> None:
         try:
-            await self._open()
+            await self.api._handshake(self._open)
         except _WS_ERRORS as exc:
+            self._socket_warned = True
             log.warning("Could not open the %s's WebSocket (%s); the prompt is followed by polling, "
                         "without live progress.", self.api.service, _ws_reason(exc))
 
@@ -710,6 +846,7 @@ class _PromptRun:
     def _adopt(self, ws: ClientConnection) -> None:
         self._generation += 1
         self._ws = ws
+        self._socket_warned = False
         self._last_message = asyncio.get_running_loop().time()
         self._reader = asyncio.get_running_loop().create_task(self._read(ws, self._generation))
 
@@ -731,24 +868,20 @@ class _PromptRun:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 3.0)
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self, retry: bool = True) -> None:
         try:
-            await self._reopen()
+            await self._reopen(retry)
         except _WS_ERRORS as exc:
-            log.warning("Lost the %s's WebSocket and could not reconnect (%s); following prompt %s "
-                        "by polling.", self.api.service, _ws_reason(exc), self.prompt_id)
+            if not self._socket_warned:  # once per lost socket, however often it is tried again
+                self._socket_warned = True
+                log.warning("Lost the %s's WebSocket and could not reconnect (%s); following prompt %s "
+                            "by polling.", self.api.service, _ws_reason(exc), self.prompt_id)
 
-    async def _reopen(self) -> None:
+    async def _reopen(self, retry: bool) -> None:
         # The old socket is closed first: the server keeps one socket per client id, and an old
         # one closing after the new one registered would unregister the new one.
         await self.close()
-        async for attempt in self._reconnect_attempts():
-            with attempt:
-                await self._open()
-
-    def _reconnect_attempts(self) -> Any:
-        return stamina.retry_context(on=_WS_ERRORS, attempts=self.RECONNECT_ATTEMPTS,
-                                     timeout=self.RECONNECT_TIMEOUT, wait_initial=0.25, wait_max=4.0)
+        await (self.api._handshake(self._open) if retry else self._open())
 
     # -- the JobBackend protocol --
     async def run(self, job: Job) -> JobResult:
@@ -763,6 +896,18 @@ class _PromptRun:
             self.api._runs.discard(self)
 
     async def cancel(self) -> bool:
+        service = self.api.service
+        if self._outage and not await self.api._answers(5.0):
+            raise TransportError(f"The {service} does not answer: the cancel of prompt {self.prompt_id} "
+                                 "could not be sent.")
+        try:
+            async with asyncio.timeout(self.CANCEL_CALL_TIMEOUT):
+                return await self._cancel()
+        except TimeoutError:
+            raise TransportError(f"The {service} did not answer the cancel of prompt {self.prompt_id} "
+                                 f"within {self.CANCEL_CALL_TIMEOUT:g} s.") from None
+
+    async def _cancel(self) -> bool:
         status = await self.api.queue_status()
         accepted = False
         if self.prompt_id in status.pending:
@@ -777,7 +922,6 @@ class _PromptRun:
 
     # -- the loop --
     async def _next(self) -> JobResult | None:
-        loop = asyncio.get_running_loop()
         quick = self._ws is None or self._succeeded or self._cancelling
         try:
             item = await asyncio.wait_for(self._inbox.get(),
@@ -785,17 +929,20 @@ class _PromptRun:
         except asyncio.TimeoutError:
             return await self._on_idle()
         if isinstance(item, _Dropped):
-            if item.generation != self._generation:
-                return None  # a socket we closed ourselves
-            self._drops += 1
-            if self._drops <= self.MAX_DROPS:
-                await self._reconnect()
-            else:
-                await self.close()
-            return await self._reconcile()
+            return await self._on_drop(item)
         if item is _POKE:
             return await self._reconcile()
-        self._last_message = loop.time()
+        asked = self._take(item)
+        if asked is _END:
+            return await self._finish()
+        if asked is _CHECK:
+            return await self._reconcile(max_age=1.0)
+        return None
+
+    def _take(self, item: Any) -> object | None:
+        """Process one frame of the socket; what it asks for (_END, _CHECK) or None."""
+        self._answered()
+        self._last_message = asyncio.get_running_loop().time()
         if isinstance(item, bytes):
             self._binary(item)
             return None
@@ -803,19 +950,35 @@ class _PromptRun:
             message = item if isinstance(item, dict) else json.loads(item)
         except ValueError:
             return None
-        return await self._message(message) if isinstance(message, dict) else None
+        return self._message(message) if isinstance(message, dict) else None
+
+    async def _on_drop(self, item: _Dropped) -> JobResult | None:
+        if item.generation != self._generation:
+            return None  # a socket we closed ourselves
+        self._ws = None  # it is gone; while the server does not answer, it is probed, not reopened
+        self._drops += 1
+        try:
+            await self._reach(self.api._answering)
+        except _Unreachable:
+            return None
+        if self._drops <= self.MAX_DROPS:
+            await self._reconnect()
+        else:
+            await self.close()
+        return await self._reconcile()
 
     async def _on_idle(self) -> JobResult | None:
         if self._succeeded:
             return await self._finish()
+        was_out = self._outage
         outcome = await self._reconcile(max_age=0.0 if self._ws is None else 1.0)
-        if outcome is not None:
+        if outcome is not None or self._outage:
             return outcome
         self._polls += 1
         loop = asyncio.get_running_loop()
         silent = loop.time() - self._last_message
-        if self._ws is None and self._drops <= self.MAX_DROPS and self._polls % 5 == 0:
-            await self._reconnect()  # live events again once the socket is back
+        if self._ws is None and self._drops <= self.MAX_DROPS and (was_out or self._polls % 5 == 0):
+            await self._reconnect(retry=was_out)  # live events again once the socket is back
         elif (self.RECONNECT_WHEN_SILENT and self._ws is not None and self.job is not None
               and self.job.status is Status.RUNNING and silent > 2 * self.IDLE_CHECK):
             # The server may have unregistered our socket (see _reconnect); registering again
@@ -824,7 +987,7 @@ class _PromptRun:
         return None
 
     # -- what the server says --
-    async def _message(self, message: dict[str, Any]) -> JobResult | None:
+    def _message(self, message: dict[str, Any]) -> object | None:
         job = self.job
         assert job is not None
         kind = message.get("type")
@@ -833,9 +996,8 @@ class _PromptRun:
         if prompt_id is not None and prompt_id != self.prompt_id:
             return None  # another prompt of a shared client id
         if kind == "status":  # the queue changed: our position may have
-            if job.status is Status.QUEUED:
-                return await self._reconcile(max_age=1.0)
-        elif kind == "execution_start":
+            return _CHECK if job.status is Status.QUEUED else None
+        if kind == "execution_start":
             if job.status is Status.QUEUED:
                 job.emit(Started())
         elif kind == "execution_cached":
@@ -845,28 +1007,15 @@ class _PromptRun:
             if node is None:
                 if prompt_id is None and job.status is not Status.RUNNING:
                     return None
-                return await self._finish()  # the end-of-prompt marker
+                self._ended = True
+                return _END  # the end-of-prompt marker
             self._node_started(str(data.get("display_node") or node))
         elif kind == "progress":
             self._progress(data.get("node"), data.get("value"), data.get("max"))
         elif kind == "progress_state":
-            for node_id, state in (data.get("nodes") or {}).items():
-                if not isinstance(state, dict):
-                    continue
-                shown = str(state.get("display_node_id") or node_id)
-                if state.get("state") == "finished":
-                    self._mark_done(shown)
-                elif state.get("state") == "running" and (state.get("max") or 0) > 1:
-                    self._progress(shown, state.get("value"), state.get("max"))
+            self._progress_state(data.get("nodes"))
         elif kind == "executed":
-            node = str(data.get("display_node") or data.get("node"))
-            self._mark_done(node)
-            media, text = self.api._media({node: data.get("output")})
-            self._text += text
-            for item in media:
-                if item not in self._emitted:
-                    self._emitted.append(item)
-                    job.emit(Output(item))
+            self._executed(str(data.get("display_node") or data.get("node")), data.get("output"))
         elif kind == "execution_success":
             self._succeeded = True  # the outputs come from /history after the end marker
         elif kind == "execution_error":
@@ -877,6 +1026,29 @@ class _PromptRun:
                                job_id=self.prompt_id, detail=data)
         return None  # unknown and custom types are ignored
 
+    def _progress_state(self, nodes: Any) -> None:
+        for node_id, state in (nodes.items() if isinstance(nodes, dict) else ()):
+            if not isinstance(state, dict):
+                continue
+            shown = str(state.get("display_node_id") or node_id)
+            if state.get("state") == "finished":
+                self._mark_done(shown)
+            elif state.get("state") == "running" and (state.get("max") or 0) > 1:
+                self._progress(shown, state.get("value"), state.get("max"))
+
+    def _executed(self, node: str, output: Any) -> None:
+        self._mark_done(node)
+        media, text = self.api._media({node: output})
+        self._text += text
+        for item in media:
+            self._output(item)
+
+    def _output(self, media: Media) -> None:
+        if media not in self._emitted:
+            self._emitted.append(media)
+            assert self.job is not None
+            self.job.emit(Output(media))
+
     def _binary(self, frame: bytes) -> None:
         job = self.job
         if job is None or len(frame) < 8:
@@ -885,14 +1057,28 @@ class _PromptRun:
         if kind == 1:  # no prompt id: ours if we are running (the socket is this prompt's own,
             # or Comfy Cloud's router found ours the only job running)
             if job.status is Status.RUNNING:
-                job.emit(Preview(frame[8:], _PREVIEW_MIME.get(word, "image/jpeg"), self._current))
+                self._image(frame[8:], _PREVIEW_MIME.get(word, "image/jpeg"), self._current)
         elif kind == 4:
             meta = preview_metadata(frame)
             if meta is not None and meta.get("prompt_id") in (None, self.prompt_id):
                 node = meta.get("display_node_id") or meta.get("node_id") or self._current
-                job.emit(Preview(frame[8 + word:], str(meta.get("image_type") or "image/jpeg"),
-                                 str(node) if node is not None else None))
+                self._image(frame[8 + word:], str(meta.get("image_type") or "image/jpeg"),
+                            str(node) if node is not None else None)
         # 3 (text to a node) and unknown types: nothing to show
+
+    def _image(self, data: bytes, mime: str, node: str | None) -> None:
+        """A preview, or, from a node that saves to the socket, an output held in memory."""
+        info = self.nodes.get(node) if node is not None else None
+        if not (isinstance(info, dict) and info.get("class_type") in SOCKET_SAVERS):
+            assert self.job is not None
+            self.job.emit(Preview(data, mime, node))
+            return
+        n = sum(1 for m in self._held if m.node == node) + 1
+        name = f"ws_{node}_{n}{_IMAGE_EXTENSIONS.get(mime, '.png')}"
+        media = Media(url=f"websocket:{self.prompt_id}/{node}/{n}", filename=name, kind="image", node=node,
+                      _fetcher=_Held(data, self.api._storage))
+        self._held.append(media)
+        self._output(media)
 
     def _node_started(self, node: str) -> None:
         if node == self._current:
@@ -936,13 +1122,11 @@ class _PromptRun:
         deadline = loop.time() + self.HISTORY_WAIT
         while True:
             try:
-                entry = await self._outcome()
-            except RunComfyError as exc:
-                log.warning("Could not read the outcome of prompt %s from the %s: %s", self.prompt_id,
-                            self.api.service, exc)
+                entry = await self._reach(self._outcome)
+            except _Unreachable:
                 entry = None
             if entry is not None:
-                return self._settle(entry)
+                return await self._conclude(entry)
             if loop.time() > deadline:
                 break
             await asyncio.sleep(0.2)
@@ -972,19 +1156,22 @@ class _PromptRun:
         return False
 
     async def _reconcile(self, max_age: float = 0.0) -> JobResult | None:
-        """Where the prompt is now, from /queue then /history (in that order, so a prompt that
-        finishes in between is found in the history)."""
+        """Where the prompt is now; its result or end once the history has it."""
+        try:
+            entry = await self._reach(lambda: self._locate(max_age))
+        except _Unreachable:
+            return None
+        return await self._conclude(entry) if entry is not None else None
+
+    async def _locate(self, max_age: float) -> HistoryEntry | None:
+        """The prompt's history entry, or None while /queue has it (in that order, so a prompt
+        that finishes in between is found in the history)."""
         for attempt in range(3):
-            try:
-                if self._follow_queue(await self.api._queue_snapshot(max_age if attempt == 0 else 0.0)):
-                    return None
-                entry = await self._outcome()
-            except RunComfyError as exc:
-                log.warning("Could not check prompt %s on the %s: %s", self.prompt_id, self.api.service,
-                            exc)
+            if self._follow_queue(await self.api._queue_snapshot(max_age if attempt == 0 else 0.0)):
                 return None
+            entry = await self._outcome()
             if entry is not None:
-                return self._settle(entry)
+                return entry
             if self.prompt_id in self.api._deleted:
                 raise JobCancelled(f"Prompt {self.prompt_id} was removed from the ComfyUI queue "
                                    "before it ran.", job_id=self.prompt_id)
@@ -994,6 +1181,29 @@ class _PromptRun:
                         f"{self.api.service}: it was deleted there, or the server restarted.",
                         job_id=self.prompt_id)
 
+    async def _conclude(self, entry: HistoryEntry) -> JobResult:
+        """Settle from the history once the frames the socket holds for the prompt are processed:
+        a fast prompt ends before they are read, and some of its outputs exist only there."""
+        await self._catch_up()
+        return self._settle(entry)
+
+    async def _catch_up(self) -> None:
+        """Process the frames received, in order, up to the end-of-prompt marker (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.CATCH_UP_WAIT
+        while not self._ended:
+            wait = min(self.CATCH_UP_QUIET, deadline - loop.time()) if self._ws is not None else 0.0
+            try:
+                item = self._inbox.get_nowait() if wait <= 0 else await asyncio.wait_for(
+                    self._inbox.get(), wait)
+            except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                return
+            if isinstance(item, _Dropped):
+                if item.generation == self._generation:
+                    return  # the socket is gone: nothing more will come
+            elif item is not _POKE:
+                self._take(item)
+
     def _settle(self, entry: HistoryEntry) -> JobResult:
         detail = entry.raw.get("execution_error") or entry.raw.get("status")  # Cloud's job, or history
         if entry.status is Status.CANCELLED:
@@ -1002,7 +1212,9 @@ class _PromptRun:
         if entry.status is Status.FAILED:
             raise JobFailed(entry.error or "The ComfyUI run failed.", job_id=self.prompt_id, detail=detail)
         self._mark_done(*self.nodes)
-        return entry.result
+        result = entry.result
+        result.media += [m for m in self._held if m not in result.media]  # history has no file for them
+        return result
 
 
 __all__ = [

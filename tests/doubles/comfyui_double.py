@@ -14,10 +14,19 @@ are broadcast), `/history`, `/queue` (pending in heap order, not sorted), `/inte
 `/upload/image` with the " (1)" rename rule, `/view` with its error codes, `/object_info`,
 `/system_stats`, `/features`, `/free`; every route also under `/api`.
 
+`SaveImageWebsocket` (a default custom node) sends each image of its batch only as a binary PNG
+frame (type 4 with `image_type` "image/png" for a flagged client, else type 1 with format 2), after a
+`progress_state` / `progress` pair per image, as ComfyUI's progress hook does; it has no `executed`
+message and no history output.
+
 Switches: `step_delay` (slow steps), `drop_at_step` (abort the prompt's socket once, mid-run),
 `refuse_ws_for` (refuse WebSocket upgrades for a while after a drop), `fail_node` (that node
 raises), `paused` (nothing starts), `metadata_previews` (honour the feature flag),
-`lose_prompt_reply` (take a prompt but drop the connection before answering).
+`lose_prompt_reply` (take a prompt but drop the connection before answering),
+`finish_before_reply` (POST /prompt runs the prompt to its end, every frame written to the
+client's open socket, before it answers: a fast prompt on a real server), `ws_busy` (answer the
+next n WebSocket handshakes with HTTP 429 and `Retry-After: ws_retry_after`); `vanish()` kills the
+server mid-run: the listener closes, every connection is cut, nothing runs on.
 """
 
 from __future__ import annotations
@@ -83,6 +92,8 @@ NODES: dict[str, dict[str, Any]] = {
                          [], output_node=True, category="image"),
     "PreviewImage": _schema("PreviewImage", {"images": ["IMAGE", {}]}, [], output_node=True,
                             category="image"),
+    "SaveImageWebsocket": _schema("SaveImageWebsocket", {"images": ["IMAGE", {}]}, [], output_node=True,
+                                  category="image"),
     "LoadImage": _schema("LoadImage", {"image": [["example.png"], {"image_upload": True}]},
                          ["IMAGE", "MASK"], category="image"),
 }
@@ -135,6 +146,9 @@ class ComfyDouble:
     fail_node: str | None = None
     fail_exception: tuple[str, str] = ("torch.OutOfMemoryError", "Allocation on device failed")
     lose_prompt_reply: bool = False  # once: queue the prompt, then drop the connection unanswered
+    finish_before_reply: bool = False  # POST /prompt answers only once the prompt ended
+    ws_busy: int = 0  # the next n WebSocket handshakes are answered 429
+    ws_retry_after: str = "0"
 
     url: str = ""
     requests: list[tuple[str, str]] = field(default_factory=list)
@@ -144,6 +158,8 @@ class ComfyDouble:
     history: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: list[Prompt] = field(default_factory=list)
     running: Prompt | None = None
+    ws_refused: int = 0  # handshakes answered 429 so far
+    ws_images: list[bytes] = field(default_factory=list)  # what SaveImageWebsocket sent, in order
 
     def __post_init__(self) -> None:
         self.sockets: dict[str, web.WebSocketResponse] = {}
@@ -191,15 +207,30 @@ class ComfyDouble:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._executor is not None:
-            self._executor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._executor
+        await self._stop_executor()
         for ws in list(self.sockets.values()):
             with contextlib.suppress(Exception):
                 await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _stop_executor(self) -> None:
+        if self._executor is not None:
+            self._executor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._executor
+
+    async def vanish(self) -> None:
+        """The server process dies: nothing runs on, the port stops listening, and every open
+        connection (sockets and kept-alive HTTP) is cut without a goodbye."""
+        await self._stop_executor()
+        assert self._runner is not None
+        for site in list(self._runner.sites):
+            await site.stop()
+        server = self._runner.server
+        for handler in list(server.connections if server is not None else []):
+            if handler.transport is not None:
+                handler.transport.abort()
 
     @property
     def paused(self) -> bool:
@@ -226,6 +257,10 @@ class ComfyDouble:
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         if asyncio.get_running_loop().time() < self._refuse_until:
             return web.Response(status=503)
+        if self.ws_refused < self.ws_busy:  # e.g. a proxy's rate limit in front of the server
+            self.ws_refused += 1
+            return web.Response(status=429, text="Too Many Requests",
+                                headers={"Retry-After": self.ws_retry_after})
         ws = web.WebSocketResponse(max_msg_size=2**20)
         await ws.prepare(request)
         sid = request.query.get("clientId") or uuid.uuid4().hex
@@ -322,9 +357,13 @@ class ComfyDouble:
             extra["client_id"] = body["client_id"]
         for secret in ("api_key_comfy_org", "auth_token_comfy_org"):
             extra.pop(secret, None)
-        self.pending.append(Prompt(number, prompt_id, workflow, extra, reply["good_outputs"]))
-        self._wake.set()
-        await self._status()
+        prompt = Prompt(number, prompt_id, workflow, extra, reply["good_outputs"])
+        if self.finish_before_reply:
+            await self._run_now(prompt)
+        else:
+            self.pending.append(prompt)
+            self._wake.set()
+            await self._status()
         if self.lose_prompt_reply:
             self.lose_prompt_reply = False
             if request.transport is not None:
@@ -450,6 +489,14 @@ class ComfyDouble:
         return web.json_response({"supports_preview_metadata": True, "max_upload_size": UPLOAD_LIMIT})
 
     # -- the executor --
+    async def _run_now(self, prompt: Prompt) -> None:
+        """Run `prompt` to its end at once (the executor is idle or busy elsewhere: not shared)."""
+        self.running = prompt
+        try:
+            await self._execute(prompt)
+        finally:
+            self.running, self._client_id, self._last_node = None, None, None
+
     async def _execute_forever(self) -> None:
         while True:
             await self._resume.wait()
@@ -515,6 +562,8 @@ class ComfyDouble:
                         if step == 1:  # type 3 goes to every socket
                             frame = struct.pack(">II", 3, len(node)) + node.encode() + b"sampling"
                             await self._send_bytes(None, frame)
+                elif cls == "SaveImageWebsocket":
+                    await self._save_to_socket(p, node, sigs[node])
                 else:
                     await asyncio.sleep(0)
                 output = self._make_output(p, node, cls, sigs[node])
@@ -539,6 +588,28 @@ class ComfyDouble:
         await asyncio.sleep(self.history_delay)
         self._write_history(p, outputs, "success", True, messages)
         await self._end(p)
+
+    async def _save_to_socket(self, p: Prompt, node: str, sig: str) -> None:
+        """SaveImageWebsocket: per image, ProgressBar.update_absolute(i, n, ("PNG", image, None)),
+        i.e. progress_state (+ a type 4 frame for a flagged client), progress (+ a type 1 frame)."""
+        sid, pid = p.extra.get("client_id"), p.prompt_id
+        latent = next((n for n in p.workflow.values() if n.get("class_type") == "EmptyLatentImage"), {})
+        count = int((latent.get("inputs") or {}).get("batch_size", 1))
+        flagged = sid is not None and self.metadata_previews and self.flags.get(sid, {}).get(
+            "supports_preview_metadata")
+        for i in range(count):
+            image = _png(f"{sig}/{i}")
+            self.ws_images.append(image)
+            await self.send("progress_state", {"prompt_id": pid, "nodes": {
+                node: self._state(pid, node, i, count, "running")}}, sid)
+            if flagged:
+                meta = json.dumps({"node_id": node, "prompt_id": pid, "display_node_id": node,
+                                   "parent_node_id": None, "real_node_id": node,
+                                   "image_type": "image/png"}).encode()
+                await self._send_bytes(sid, struct.pack(">II", 4, len(meta)) + meta + image)
+            await self.send("progress", {"value": i, "max": count, "prompt_id": pid, "node": node}, sid)
+            if not flagged:
+                await self._send_bytes(sid, struct.pack(">II", 1, 2) + image)
 
     def _check_interrupt(self) -> None:
         if self._interrupt:
