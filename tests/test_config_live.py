@@ -174,3 +174,17 @@ def test_a_job_outlives_the_client_a_config_change_replaced(ip: InteractiveShell
     job = sync.unwrap(ip.user_ns["pending"])
     assert not job.done  # still running on the replaced client, which waits for it before closing
     assert sync.run(job.wait(30)).value == "succeeded"
+
+
+def test_auto_save_from_the_magics_says_where_the_files_went(ip: InteractiveShell, fresh: Emulator,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RUNCOMFY_BASE_URL", fresh.url)
+    monkeypatch.setenv("RUNCOMFY_TOKEN", TOKEN)
+    folder = tmp_path / "renders"
+    run(ip, f"%runcomfy config output_dir={folder} auto_save=on", capsys)
+    done, text = run(ip, "%%runcomfy run dep-flux-kontext --out city\n31.seed = 8\n", capsys)
+    assert done.success, text
+    saved = sorted(p.name for p in folder.iterdir())
+    assert saved == sorted(m.filename for m in ip.user_ns["city"].media) and saved
+    assert f"to {folder}" in text and all(name in text for name in saved)
