@@ -641,15 +641,18 @@ class AsyncComfyUI:
                     await open_once()
 
     async def _answering(self, timeout: float = 10.0) -> None:
-        """Raise TransportError unless one GET /queue, without retries (and so without their
-        log lines), is answered: the probe of a server that stopped answering."""
+        """Raise TransportError (saying why, briefly) unless one GET /queue, without retries (and
+        so without their log lines), is answered: the probe of a server that stopped answering."""
         try:
             await asyncio.wait_for(self._http._once("GET", "/queue"), timeout)
         except RunComfyError as exc:
             if transient(exc):
-                raise TransportError(f"The {self.service} does not answer ({exc}).") from None
+                why = f"HTTP {exc.status}" if isinstance(exc, APIError) else str(exc)
+                raise TransportError(why) from None
+        except httpx.ConnectError:
+            raise TransportError("connection refused") from None
         except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
-            raise TransportError(f"The {self.service} does not answer ({type(exc).__name__}).") from None
+            raise TransportError(_ws_reason(exc)) from None
 
     async def _answers(self, timeout: float) -> bool:
         try:
@@ -810,8 +813,8 @@ class _PromptRun:
         """One line when an outage starts (not one per attempt); ContactLost past the contact timeout."""
         if not self._outage:
             self._outage = True
-            log.warning("The %s does not answer (%s); prompt %s is checked again until it does, for up "
-                        "to %.0f s.", self.api.service, reason, self.prompt_id, self.contact.limit)
+            log.warning("No answer from the %s (%s); prompt %s is checked again until it answers, for "
+                        "up to %.0f s.", self.api.service, reason, self.prompt_id, self.contact.limit)
         self.contact.check()
 
     async def _reach(self, call: Callable[[], Awaitable[T]]) -> T:
