@@ -253,12 +253,6 @@ class Machines:
         raise ValidationError(f"{ref!r} matches {len(matches)} machines ({shown}); give more of the id. "
                               f"{_running(listed)}")
 
-    def find(self, prefix: str) -> str:
-        """The full id of a machine launched here from an id or its first characters (else
-        `prefix`); `await resolve(ref)` looks in the whole account."""
-        matches = [i for i in self.launched if i.startswith(prefix)]
-        return matches[0] if len(matches) == 1 else prefix
-
     async def stop_all(self, *, include_kept: bool = False) -> list[str]:
         """Stop every machine launched here that may still run; returns the ids the server
         confirmed. Tries each; then raises if any could not be stopped."""

@@ -37,7 +37,6 @@ class Session:
         self._closing: set[concurrent.futures.Future[None]] = set()
         self.emulator: Any = None
         self.comfy_target: str | None = None  # a machine id or a ComfyUI URL for %%runcomfy prompt
-        self.exit_hook = False
         # what `%runcomfy emulate` replaced: (store, key) -> (the value before, the value it set)
         self._emulated: dict[tuple[str, str], tuple[Any, Any]] = {}
 
@@ -91,7 +90,7 @@ class Session:
                 url: Any = target
             else:
                 machines = self.client.machines
-                info = machines.status(sync.call(lambda: sync.unwrap(machines).find(target)))
+                info = machines.status(machines.resolve(target))
                 if info.state != "ready" or info.url is None:
                     raise ValidationError(f"Machine {target[:8]} is {info.state}, not ready.")
                 url = info.url
