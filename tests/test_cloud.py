@@ -278,6 +278,15 @@ async def test_a_dropped_socket_is_reopened_once_for_all_jobs(cloud: AsyncComfyC
     assert len([r for r in requests(emu, mark, "GET", "/cloud/ws") if r.status == 101]) == 2
 
 
+async def test_a_429_on_the_websocket_handshake_is_retried(cloud: AsyncComfyCloud, emu: Emulator) -> None:
+    emu.set_fault("cloud", "ws_refused", count=2, retry_after=0)
+    mark = len(emu.log)
+    job = await cloud.queue(workflow(steps=4))
+    await job.result(timeout=30)
+    assert [r.status for r in requests(emu, mark, "GET", "/cloud/ws")] == [429, 429, 101]
+    assert [p.value for p in of(job, Progress) if p.max == 4] == [1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("vocabulary", ["guide", "openapi", "newer"])
 async def test_without_a_socket_jobs_are_followed_by_their_status(
         cloud: AsyncComfyCloud, emu: Emulator, monkeypatch: pytest.MonkeyPatch, vocabulary: str) -> None:

@@ -442,6 +442,18 @@ async def test_ws_drop_without_reconnect_is_reconciled_from_history(
 # --- cancel --------------------------------------------------------------------------------------
 
 
+async def test_ws_handshakes_answered_429_are_retried_and_progress_is_live(
+        comfy: AsyncComfyUI, machine: Launched, emu: Emulator) -> None:
+    emu.set_fault(machine.server_id, "ws_refused", count=2, retry_after=0)
+    mark = len(emu.log)
+    job = await comfy.queue(prompt(machine, steps=6))
+    seen = record(job)
+    await job.result(timeout=10)
+    assert [r.status for r in requests(emu, machine, mark, "GET", "/ws")] == [429, 429, 101]
+    values = [p.value for p in of(seen, Progress)]
+    assert values and values == sorted(values) and values[0] == 1 and values[-1] == 6, values
+
+
 async def test_cancel_pending_then_running(comfy: AsyncComfyUI, machine: Launched, emu: Emulator) -> None:
     first = await comfy.queue(prompt(machine, steps=LONG))
     seen = record(first)

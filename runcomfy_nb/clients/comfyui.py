@@ -964,6 +964,8 @@ class _PromptRun:
             await self._reach(self.api._answering)
         except _Unreachable:
             return None
+        if self._generation != item.generation:  # meanwhile a new socket took the run over (Cloud's)
+            return await self._reconcile()
         if self._drops <= self.MAX_DROPS:
             await self._reconnect()
         else:

@@ -44,7 +44,8 @@ Faults (target "cloud" or "*"): the request faults `rate_limit`, `server_error`,
 `code`, `message`), `drop` and `delay` on POST /prompt ("submit"; `drop`/`delay` after the job was
 taken), uploads ("upload"), job status, job lists, queue, user, object_info, features and system_stats
 ("status"), /jobs/{id} and /history_v2 ("result"), /view ("download"; `truncate` applies to the storage
-URL), POST /queue and /interrupt ("cancel"); comfyui.py's `ws_drop` and `node_raises` (on "run"): with an
+URL), POST /queue and /interrupt ("cancel"); comfyui.py's `ws_refused` (the WebSocket handshake is
+answered 429 with `Retry-After`), `ws_drop` and `node_raises` (on "run"): with an
 `exception_type` of CLOUD_ERRORS (ValidationError, ModelDownloadError, ImageDownloadError, OOMError,
 InsufficientFundsError, InactiveSubscriptionError, ...) the job fails with that category and, unless
 `message` is given, a fitting message.
@@ -789,6 +790,8 @@ def routes(cloud: Cloud) -> web.RouteTableDef:
         account = cloud.by_key(request.query.get("token"))
         if account is None:
             return problem(401, "unauthorized", "Invalid or missing token")
+        if refused := faults.take(TARGET, "ws", {"ws_refused"}):
+            return comfyui.refused_handshake(refused)
         ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
         await ws.prepare(request)
         socket = Socket(ws, request.transport)

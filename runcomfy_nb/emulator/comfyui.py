@@ -16,7 +16,9 @@ sockets a message reaches), `client_of` (whom a prompt's messages are for) and `
 prompt's history entry goes).
 
 Faults (target: the server_id or "*"): `ws_drop` (on "ws"; params `at_step`, default half the steps:
-the prompt's sockets are cut mid-run, the prompt still completes), `node_raises` (on "run"; params
+the prompt's sockets are cut mid-run, the prompt still completes), `ws_refused` (on "ws": the
+WebSocket handshake is answered with HTTP `status`, default 429, and `Retry-After: retry_after`,
+default 0, as a proxy's rate limit does), `node_raises` (on "run"; params
 `node` (an id or class_type; default the sampler), `at_step`, `exception_type`, `message`), and the
 request faults `server_error`, `http_error`, `drop`, `delay` on POST /prompt ("submit"), GET
 /history and /queue ("status") and GET /view ("download", which also honours `truncate`).
@@ -1101,6 +1103,8 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
         @table.get(f"{prefix}/ws")
         @with_backend
         async def websocket(request: web.Request, backend: ComfyUI) -> web.StreamResponse:
+            if refused := faults.take(backend.server_id, "ws", {"ws_refused"}):
+                return refused_handshake(refused)
             ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
             await ws.prepare(request)
             sid = request.query.get("clientId", "")
@@ -1121,6 +1125,12 @@ def routes(backend_for: Callable[[str], ComfyUI | None], state: Any) -> web.Rout
             return ws
 
     return table
+
+
+def refused_handshake(fault: Fault) -> web.Response:
+    """The answer of a `ws_refused` fault to a WebSocket upgrade."""
+    return web.Response(status=int(fault.params.get("status", 429)), text="Too Many Requests",
+                        headers={"Retry-After": str(fault.params.get("retry_after", 0))})
 
 
 async def listen(ws: web.WebSocketResponse, socket: Socket,

@@ -34,7 +34,7 @@ FAULTS = {
     "drop": "submit", "delay": "submit", "job_fails": "submit", "slow_queue": "submit",
     "truncate": "download",
     # machines (target: a server_id or "*"); see machines.py and comfyui.py
-    "never_ready": "ready", "slow_ready": "ready", "ws_drop": "ws", "node_raises": "run",
+    "never_ready": "ready", "slow_ready": "ready", "ws_drop": "ws", "node_raises": "run", "ws_refused": "ws",
     "not_json": "status",  # machines.py: HTTP 200 whose body is an HTML page, not JSON
 }
 OPERATIONS = {"submit", "upload", "status", "result", "cancel", "download", "ready", "ws", "run", "any"}
