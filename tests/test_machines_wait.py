@@ -83,3 +83,18 @@ async def test_transient_answers_until_the_timeout_raise_a_timeout(emu: Emulator
     finally:
         emu.clear_faults()
         await machine.stop()
+
+
+async def test_a_fresh_machine_that_answers_404_for_a_while_is_waited_for() -> None:
+    config = load_config(None)
+    config["machines"].update(rate_per_second=0, ready_seconds=100, launch_404_seconds=60)
+    with Emulator(speed=20.0, token=TOKEN, config=config) as emu:
+        async with rc.AsyncRunComfy(token=TOKEN, base_url=emu.url, user_id=emu.user_id) as c:
+            c.machines._notify = lambda _text: None
+            machine = await launch(c)
+            try:
+                info = await machine.wait_ready(timeout=30, poll=0.05)
+                assert info.state == "ready"
+                assert answered(emu, machine.id, 404) >= 1  # it was not found at first
+            finally:
+                await machine.stop()

@@ -29,6 +29,8 @@ SERVER_TYPES = ("medium", "large", "extra-large", "2x-large", "2xl-turbo")
 DEFAULT_PRICES_PER_HOUR = {"medium": 0.99, "large": 1.75, "extra-large": 2.50, "2x-large": 4.99,
                            "2xl-turbo": 6.99}
 MIN_DURATION, MAX_DURATION = 60, 7 * 24 * 3600
+GONE = "(gone)"  # the raw status of a machine the server answers 404 for
+LAUNCH_GRACE = 120.0  # seconds a fresh machine's GET may answer 404 (api/server-api.md: "briefly")
 _STATES = {"starting": "starting", "initializing": "starting", "ready": "ready",
            "deleting": "stopping", "stopping": "stopping", "error": "failed", "failed": "failed"}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -136,7 +138,7 @@ class Machines:
         try:
             reply = await self._http.request("GET", self._server(server_id))
         except NotFound:
-            return MachineInfo(server_id=server_id, state="stopped", raw_status="(gone)")
+            return MachineInfo(server_id=server_id, state="stopped", raw_status=GONE)
         if not isinstance(reply, dict) or not isinstance(reply.get("current_status"), str):
             # status 200: an odd answer that says nothing about the machine (errors.transient)
             raise APIError(f"{SERVICE} sent a status reply without a machine status for {server_id[:8]}",
@@ -217,7 +219,7 @@ class Machines:
         """A 404 to a DELETE: stopped only if the account's list agrees."""
         listed = {m.server_id: m for m in await self.list()}.get(server_id)
         if listed is None:
-            return MachineInfo(server_id=server_id, state="stopped", raw_status="(gone)")
+            return MachineInfo(server_id=server_id, state="stopped", raw_status=GONE)
         if listed.state in _ENDED:
             return listed
         raise APIError(f"{SERVICE} answered 404 to the stop of machine {server_id[:8]} yet lists it as "
@@ -291,6 +293,7 @@ class Machine:
         self.settled = False  # True once the server confirmed a stop of ours
         self.ready_at: float | None = None
         self.ended_at: float | None = None  # when we first saw it stopping, stopped or failed
+        self.made_at = time.time()
         self.info = info
 
     @property
@@ -336,12 +339,15 @@ class Machine:
         while True:
             problem = ""
             try:
-                info = await self.refresh()
+                info = await self._api.status(self.id)
             except RunComfyError as exc:
                 if not transient(exc):
                     raise
                 problem = f"; the last status poll failed: {exc}"
             else:
+                if self._not_listed_yet(info):
+                    info, problem = self.info, "; the server does not know it yet"
+                self.info = info
                 if on_status is not None:
                     on_status(info)
                 if info.state == "ready" and info.url is not None:
@@ -353,6 +359,11 @@ class Machine:
                 raise TimeoutError(f"Machine {self.id[:8]} was not ready after {timeout:g} s; it is "
                                    f"still {self.info.raw_status} (and not billed until Ready){problem}.")
             await asyncio.sleep(min(poll, max(0.0, deadline - loop.time())))
+
+    def _not_listed_yet(self, info: MachineInfo) -> bool:
+        """A 404 for a machine just launched and never seen past Starting: not yet visible, not gone."""
+        return (info.raw_status == GONE and self.info.state == "starting"
+                and time.time() - self.made_at < LAUNCH_GRACE)
 
     def comfyui(self) -> Any:
         """A ComfyUI client on this machine's `main_service_url`."""
