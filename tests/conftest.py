@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -37,6 +38,16 @@ def fresh(emulator: Emulator) -> Iterator[Emulator]:
 async def client(fresh: Emulator) -> AsyncIterator[rc.AsyncRunComfy]:
     async with rc.AsyncRunComfy(token=TOKEN, base_url=fresh.url) as c:
         yield c
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll `check` until it returns something true (returned), failing after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {check}")
+        time.sleep(0.05)
+    return value
 
 
 def posts(emulator: Emulator, deployment: str) -> int:

@@ -8,8 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,7 +17,7 @@ import pytest
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 
-from .conftest import TOKEN
+from .conftest import TOKEN, wait_for
 
 LAUNCH = """
 import runcomfy_nb as rc
@@ -60,15 +59,6 @@ def environment(emu: Emulator) -> dict[str, str]:
 
 def record(emu: Emulator, server_id: str) -> dict[str, Any]:
     return next(m for m in emu.machines() if m["server_id"] == server_id)
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {check}")
-        time.sleep(0.05)
-    return value
 
 
 def server_id_in(out: str) -> str:

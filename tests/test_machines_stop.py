@@ -3,9 +3,7 @@ account's machine list, and success is reported only once the server confirmed t
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -15,7 +13,7 @@ import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 
-from .conftest import TOKEN, emulating_shell, run_cell
+from .conftest import TOKEN, emulating_shell, run_cell, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +31,6 @@ async def second(emu: Emulator) -> AsyncIterator[rc.AsyncRunComfy]:
     async with rc.AsyncRunComfy(token=TOKEN, base_url=emu.url, user_id=emu.user_id) as client:
         yield client
     emu.clear_faults()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {check}")
-        time.sleep(0.05)
-    return value
 
 
 def launch_elsewhere(emu: Emulator, server_type: str = "medium", *, wait: bool = True) -> str:
