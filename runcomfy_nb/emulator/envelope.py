@@ -16,6 +16,14 @@ def error(status: int, code: int | str, message: str, detail: Any = None) -> web
     return web.json_response(body, status=status)
 
 
+def with_nulls(body: dict[str, Any], fields: tuple[str, ...], nulls: bool) -> web.Response:
+    """`body` as JSON; with `nulls` (the `nulls` fault), each of `fields` it leaves out is sent as
+    `null`, as some replies of the real services do."""
+    if nulls:
+        body = {**dict.fromkeys(fields), **body}
+    return web.json_response(body)
+
+
 def iso(ts: float) -> str:
     """A wall-clock epoch as the serverless API writes it: UTC, no offset, microseconds."""
     return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds")

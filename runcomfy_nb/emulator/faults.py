@@ -8,8 +8,12 @@ deployment's or model's `"faults": [...]` in the config (`{"fault": name, "count
 
 Request faults (answered by `reply` before, or for `drop`/`delay` on a submit, after the request was
 processed): `rate_limit` (429 + `Retry-After: retry_after`), `server_error` (500), `http_error`
-(`status`, `error_code`, `message`), `body_error` (HTTP 200 carrying `error_code`/`message`), `drop`
+(`status`, `error_code`, `message`), `body_error` (HTTP 200 carrying `error_code`/`message` and no
+status; the code may be a string, e.g. "internal_error", as on status polls and results), `drop`
 (the connection is closed without an answer), `delay` (`seconds` of real time before answering).
+Reply faults: `nulls` (on status and result: the real answer, with every field it leaves out present
+as `null`, e.g. `"outputs": null` beside a LoRA's `"output"`; see `envelope.with_nulls`).
+A server that vanishes mid-run is `Emulator.stop()`: its port closes.
 Job faults: `job_fails` (`message`), `slow_queue` (`seconds` virtual, extra wait in the queue).
 Download faults: `truncate` (full Content-Length, half the bytes, then the connection closes).
 Comfy Cloud (cloud.py) answers the request faults in its own `{"code", "message"}` shape (`http_error`
@@ -32,7 +36,7 @@ FAULTS = {
     # name: the operation it applies to unless `on` says otherwise
     "rate_limit": "any", "server_error": "any", "http_error": "any", "body_error": "submit",
     "drop": "submit", "delay": "submit", "job_fails": "submit", "slow_queue": "submit",
-    "truncate": "download",
+    "truncate": "download", "nulls": "any",
     # machines (target: a server_id or "*"); see machines.py and comfyui.py
     "never_ready": "ready", "slow_ready": "ready", "ws_drop": "ws", "node_raises": "run", "ws_refused": "ws",
     "not_json": "status",  # machines.py: HTTP 200 whose body is an HTML page, not JSON
@@ -124,7 +128,8 @@ async def reply(request: web.Request, fault: Fault | None) -> web.StreamResponse
         return error(int(params.get("status", 500)), int(params.get("error_code", 500001)),
                      str(params.get("message", "Error")))
     if fault.name == "body_error":
-        return error(200, int(params.get("error_code", params.get("code", 10001))),
+        code = params.get("error_code", params.get("code", 10001))
+        return error(200, code if isinstance(code, str) else int(code),
                      str(params.get("message", "InsufficientFunds: deployment disabled by balance")))
     if fault.name == "drop":
         drop(request)

@@ -28,7 +28,8 @@ ones: `blackforestlabs/flux-1-kontext/pro/edit` (one PNG URL string),
 
 Faults (target: the model id; "catalog" for the list and categories): the request faults on submit
 (`drop`/`delay` after the request was taken), status, result and cancel ("status" also covers the
-catalog reads), `job_fails`, `slow_queue`, and `truncate` on downloads.
+catalog reads), `nulls` on status and result (absent fields sent as null), `job_fails`, `slow_queue`,
+and `truncate` on downloads.
 """
 
 from __future__ import annotations
@@ -45,8 +46,16 @@ from aiohttp import web
 
 from . import faults as faults_
 from . import synth, validation
-from .envelope import absolute, error, iso, origin
-from .serverless import DEFAULT_FAILURE, Pool, run_in_pool, serve_file, take_submit
+from .envelope import absolute, error, iso, origin, with_nulls
+from .serverless import (
+    DEFAULT_FAILURE,
+    RESULT_OPTIONAL,
+    STATUS_OPTIONAL,
+    Pool,
+    run_in_pool,
+    serve_file,
+    take_submit,
+)
 
 SIZES = {"21:9": (672, 288), "16:9": (512, 288), "4:3": (512, 384), "1:1": (512, 512), "3:4": (384, 512),
          "9:16": (288, 512), "9:21": (288, 672)}
@@ -340,7 +349,7 @@ def routes(models: Models) -> web.RouteTableDef:
             body["queue_position"] = models.queue_position(job)
         urls = _urls(request, job.id)
         body.update(status_url=urls["status_url"], result_url=urls["result_url"])
-        return web.json_response(body)
+        return with_nulls(body, STATUS_OPTIONAL, bool(faults.take(job.model, "status", {"nulls"})))
 
     @table.get("/v1/requests/{rid}/result")
     async def result(request: web.Request) -> web.StreamResponse:
@@ -354,7 +363,7 @@ def routes(models: Models) -> web.RouteTableDef:
             body["error"] = job.error
         if job.done and job.finished_wall is not None:
             body["finished_at"] = iso(job.finished_wall)
-        return web.json_response(body)
+        return with_nulls(body, RESULT_OPTIONAL, bool(faults.take(job.model, "result", {"nulls"})))
 
     @table.post("/v1/requests/{rid}/cancel")
     async def cancel(request: web.Request) -> web.StreamResponse:

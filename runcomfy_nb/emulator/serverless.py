@@ -22,6 +22,11 @@ Deployment API reads and the instance proxy, under `/prod/v2` only (bearer token
   `comfyui.node_schemas` with the workflow's checkpoints), else aiohttp's plain-text 404 / 405.
   An instance that outlived its keep-warm period is gone for good: the next request gets a new one.
 
+Faults (target: the deployment id): the request faults on submit (`drop`/`delay` after the request
+was taken), status, result and cancel (`body_error` there is the transient "HTTP 200, error body, no
+status" a live poll may meet), `nulls` on status and result (absent fields sent as null: STATUS_OPTIONAL,
+RESULT_OPTIONAL), `job_fails`, `slow_queue`, and `truncate` on downloads.
+
 Gating (queue calls, HTTP 200 with a body-level code, as clients have seen): a deployment with
 `deleted: true` answers every queue call with 10003 DeletedDeployment; one with `is_enabled: false`
 answers submits with 10002 DisabledDeployment.
@@ -76,7 +81,7 @@ from aiohttp import web
 
 from . import comfyui, synth, validation
 from . import faults as faults_
-from .envelope import absolute, error, iso, origin
+from .envelope import absolute, error, iso, origin, with_nulls
 from .validation import Invalid
 
 # The deployment object's fields (api/serverless.md) and their defaults; `max_instances` is `instances`.
@@ -89,6 +94,9 @@ DEPLOYMENT_DEFAULTS: dict[str, Any] = {
 DEPLOYMENT_FIELDS = ("id", "name", "workflow_id", "workflow_version", "hardware", "min_instances",
                      "max_instances", "queue_size", "keep_warm_duration_in_seconds", "status", "is_enabled",
                      "created_at", "updated_at")
+# What a status / result reply may leave out: the `nulls` fault sends each as null instead.
+STATUS_OPTIONAL = ("queue_position", "instance_id")
+RESULT_OPTIONAL = ("outputs", "output", "error", "finished_at", "instance_id")
 CANCEL_SETTLE_SECONDS = 0.5  # "live" style: cancellation_requested → canceled, virtual seconds
 NEEDS_KEY = ("Partner node 'OpenAIImageNode' needs a Comfy API key: send extra_data.api_key_comfy_org "
              "(a key from platform.comfy.org)")
@@ -449,7 +457,7 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
                 body["queue_position"] = serverless.queue_position(job)
             if job.instance_id:
                 body["instance_id"] = job.instance_id
-            return web.json_response(body)
+            return with_nulls(body, STATUS_OPTIONAL, bool(faults.take(dep["id"], "status", {"nulls"})))
 
         @table.get(f"{base}/requests/{{rid}}/result")
         async def result(request: web.Request) -> web.StreamResponse:
@@ -467,7 +475,7 @@ def routes(serverless: Serverless) -> web.RouteTableDef:
                     body["instance_id"] = job.instance_id
             elif job.status == "failed":
                 body["error"] = job.error
-            return web.json_response(body)
+            return with_nulls(body, RESULT_OPTIONAL, bool(faults.take(dep["id"], "result", {"nulls"})))
 
         @table.post(f"{base}/requests/{{rid}}/cancel")
         async def cancel(request: web.Request) -> web.StreamResponse:
