@@ -226,10 +226,12 @@ class Models:
         known, lets polling learn from that model's earlier run times."""
         if not isinstance(request_id, str) or not request_id.strip():
             raise ValidationError("request_id must be the id a submit returned (a string).")
+        known = f", model_id={model_id!r}" if model_id else ""
         backend = PolledRun(
             request_id, status=partial(self.status, request_id), result=partial(self.result, request_id),
             cancel=partial(self.cancel, request_id), durations=self.durations(model_id or ""),
-            what=f"The model run{f' of {model_id}' if model_id else ''}",
+            what=f"The model run{f' of {model_id}' if model_id else ''}", service=SERVICE,
+            reattach=f"`client.models.attach({request_id!r}{known})`",
         )
         return Job(backend, kind="model", id=request_id,
                    label=label or f"{model_id or 'model'} · {request_id[:8]}")
