@@ -61,20 +61,29 @@ for _name in ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2
 log = logging.getLogger("runcomfy_nb")
 _CALL: contextvars.ContextVar[str | None] = contextvars.ContextVar("runcomfy_nb_call", default=None)
 _OTHER_HOOKS = get_on_retry_hooks()  # what stamina does for retries that are not ours
+_TROUBLED: set[str] = set()  # the calls in an outage: their retries were reported once already
 
 
 def _on_retry(details: RetryDetails) -> None:
-    """One warning line per retried call of ours (at its first retry), the rest at DEBUG; no URL
-    or secret in either. Other code's stamina retries keep the hooks they had."""
+    """One warning line per outage of a call of ours (at its first retry); the later retries, of
+    this call or of the next ones, go to DEBUG until it answers again. No URL or secret in either.
+    Other code's stamina retries keep the hooks they had."""
     what = _CALL.get()
     if what is None:
         for hook in _OTHER_HOOKS:
             hook(details)
         return
-    first = details.retry_num == 1
+    first = what not in _TROUBLED
+    _TROUBLED.add(what)
     log.log(logging.WARNING if first else logging.DEBUG, "%s failed (%s); retrying (attempt %d)%s",
             what, _why(details.caused_by), details.retry_num + 1,
-            ", further retries of this call are logged at DEBUG" if first else "")
+            "; further retries are logged at DEBUG until it answers again" if first else "")
+
+
+def _answered(what: str) -> None:
+    if what in _TROUBLED:
+        _TROUBLED.discard(what)
+        log.info("%s answers again", what)
 
 
 set_on_retry_hooks([_on_retry])
@@ -335,13 +344,16 @@ class Transport:
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(10.0, timeout))
         try:
-            with _retries_of(f"{self.service} {method.upper()} call"):
+            what = f"{self.service} {method.upper()} call"
+            with _retries_of(what):
                 async for attempt in stamina.retry_context(
                     on=_retry_hook(idempotent), attempts=self._attempts, timeout=self._retry_timeout,
                     wait_initial=0.3, wait_max=10.0,
                 ):
                     with attempt:
-                        return await self._once(method, path, **kwargs)
+                        response = await self._once(method, path, **kwargs)
+                        _answered(what)
+                        return response
         except NEVER_SENT as exc:
             raise TransportError(f"Could not connect to {self.service}: {_reason(exc)}. "
                                  "Check the network and the base URL.") from None
@@ -405,12 +417,15 @@ class Storage:
 
     async def _stream_to(self, media: Media, sink: Any) -> int:
         self.loop = self.loop or asyncio.get_running_loop()
-        with _retries_of(f"Download of {media.filename}"):
+        what = f"Download of {media.filename}"
+        with _retries_of(what):
             async for attempt in stamina.retry_context(
                 on=_retry_hook(True), attempts=5, timeout=120.0, wait_initial=0.3, wait_max=10.0,
             ):
                 with attempt:
-                    return await self._stream_once(media, sink)
+                    size = await self._stream_once(media, sink)
+                    _answered(what)
+                    return size
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _stream_once(self, media: Media, sink: Any) -> int:

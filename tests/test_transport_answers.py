@@ -168,3 +168,24 @@ async def test_a_retried_get_logs_one_warning_line(caplog: pytest.LogCaptureFixt
     assert "Test API" in line and "retry" in line.lower()
     everything = " ".join(r.getMessage() + repr(r.__dict__) for r in caplog.records if r.name != "httpx")
     assert url.split("//")[1] not in everything and TOKEN not in everything
+
+
+async def test_an_outage_logs_one_warning_line_across_calls(caplog: pytest.LogCaptureFixture) -> None:
+    """Polls that each meet the same outage: one warning for the outage, not one per poll; once the
+    server answers again, a new outage is worth a new line."""
+    failing = [(500, {"message": "boom"}, {})] * 3  # each call: 3 attempts, all failing
+    ok = (200, {"ok": True}, {})
+    script = Script(*failing, *failing, *failing, ok, failing[0], ok)
+    caplog.set_level(logging.DEBUG)
+    async with serve(script) as url:
+        http = transport(url)
+        try:
+            for _ in range(3):
+                with pytest.raises(ServerError):
+                    await http.request("GET", "/status")
+            assert await http.request("GET", "/status") == {"ok": True}
+            assert await http.request("GET", "/status") == {"ok": True}  # a retry, then an answer
+        finally:
+            await http.aclose()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
