@@ -90,7 +90,7 @@ set_on_retry_hooks([_on_retry])
 
 
 @contextlib.contextmanager
-def _retries_of(what: str) -> Iterator[None]:
+def retries_of(what: str) -> Iterator[None]:
     """Name the call whose retries stamina reports in this block (for `_on_retry`)."""
     token = _CALL.set(what)
     try:
@@ -322,7 +322,8 @@ class Transport:
     def base_url(self) -> str:
         return str(self._client.base_url).rstrip("/")
 
-    def _headers(self) -> dict[str, str]:
+    def auth_headers(self) -> dict[str, str]:
+        """The credential headers of each request (secret: for our own calls only)."""
         return {name: f"{self._scheme}{secret.get()}" for name, secret in self._auth.items()}
 
     async def request(
@@ -345,13 +346,13 @@ class Transport:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(10.0, timeout))
         try:
             what = f"{self.service} {method.upper()} call"
-            with _retries_of(what):
+            with retries_of(what):
                 async for attempt in stamina.retry_context(
                     on=_retry_hook(idempotent), attempts=self._attempts, timeout=self._retry_timeout,
                     wait_initial=0.3, wait_max=10.0,
                 ):
                     with attempt:
-                        response = await self._once(method, path, **kwargs)
+                        response = await self.once(method, path, **kwargs)
                         _answered(what)
                         return response
         except NEVER_SENT as exc:
@@ -367,10 +368,11 @@ class Transport:
                 "before submitting again.") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One attempt, no retry: an error reply raises its APIError, a network failure httpx's."""
         if self._limiter is not None:
             await self._limiter.acquire()
-        headers = {**self._headers(), **kwargs.pop("headers", {})}
+        headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
         response = await self._client.request(method, path, headers=headers, **kwargs)
         if response.status_code >= 400:
             await response.aread()
@@ -418,7 +420,7 @@ class Storage:
     async def _stream_to(self, media: Media, sink: Any) -> int:
         self.loop = self.loop or asyncio.get_running_loop()
         what = f"Download of {media.filename}"
-        with _retries_of(what):
+        with retries_of(what):
             async for attempt in stamina.retry_context(
                 on=_retry_hook(True), attempts=5, timeout=120.0, wait_initial=0.3, wait_max=10.0,
             ):

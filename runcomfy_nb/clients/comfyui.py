@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..jobs import Contact, Job, JobResult, NodeStarted, Output, Preview, Progress, Queued, Started, Status
 from ..media import Media, claim, media_from_outputs, mime_type
-from ..transport import USER_AGENT, Storage, Transport, _retries_of
+from ..transport import USER_AGENT, Storage, Transport, retries_of
 from ..workflow import Workflow
 
 if TYPE_CHECKING:
@@ -633,7 +633,7 @@ class AsyncComfyUI:
     async def _handshake(self, open_once: Callable[[], Awaitable[None]]) -> None:
         """`open_once()` (a WebSocket handshake), tried again after a connection error, a 5xx or a
         429 (after its Retry-After, capped), for up to WS_RETRY_TIMEOUT s."""
-        with _retries_of(f"{self.service} WebSocket handshake"):
+        with retries_of(f"{self.service} WebSocket handshake"):
             async for attempt in stamina.retry_context(on=_ws_retry, attempts=WS_ATTEMPTS,
                                                        timeout=WS_RETRY_TIMEOUT, wait_initial=0.25,
                                                        wait_max=4.0):
@@ -644,7 +644,7 @@ class AsyncComfyUI:
         """Raise TransportError (saying why, briefly) unless one GET /queue, without retries (and
         so without their log lines), is answered: the probe of a server that stopped answering."""
         try:
-            await asyncio.wait_for(self._http._once("GET", "/queue"), timeout)
+            await asyncio.wait_for(self._http.once("GET", "/queue"), timeout)
         except RunComfyError as exc:
             if transient(exc):
                 why = f"HTTP {exc.status}" if isinstance(exc, APIError) else str(exc)

@@ -169,9 +169,10 @@ class Machines:
         machine = Machine(self, MachineInfo.from_reply(reply if isinstance(reply, dict) else {}))
         machine.keep = keep
         self.launched[machine.id] = machine
-        # the DELETE the guard sends at exit, when this client may be closed (Transport has no
-        # public view of its headers; they never leave the guard)
-        shutdown.GUARD.watch(machine, self._http.base_url + self._server(machine.id), self._http._headers())
+        # the DELETE the guard sends at exit, when this client may be closed; the headers never
+        # leave the guard
+        url = self._http.base_url + self._server(machine.id)
+        shutdown.GUARD.watch(machine, url, self._http.auth_headers())
         price = self.prices.get(server_type)
         cost = f" (about ${price:.2f}/h)" if price else ""
         ending = ("It keeps running when this process exits" if keep
