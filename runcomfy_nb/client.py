@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import Any
 
@@ -16,6 +17,7 @@ from .errors import MissingCredentials
 from .jobs import finish_cancels
 from .transport import RateLimiter, Storage, Transport
 
+log = logging.getLogger("runcomfy_nb")
 _limiters: dict[tuple[str, int], RateLimiter] = {}
 
 
@@ -94,8 +96,16 @@ class AsyncRunComfy:
         return self._models
 
     async def aclose(self) -> None:
-        """Close the connections, once the cancels that interrupted waits started have ended."""
+        """Close the connections, once the cancels that interrupted waits started have ended. Jobs
+        still being followed are detached: they go on on the server, and `attach` follows them again."""
         await finish_cancels()
+        left = [job for api in (self._deployments, self._models) if api is not None
+                for job in api.followed if not job.done]
+        if left:
+            log.warning("%d job(s) still running were detached when the client closed; re-attach with "
+                        "client.deployments.attach(...) / client.models.attach(...).", len(left))
+        for job in left:
+            job.detach()
         for closable in reversed(self._closables):
             await closable.aclose()
         self._closables.clear()

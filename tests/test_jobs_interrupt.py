@@ -117,3 +117,39 @@ async def test_closing_a_client_finishes_the_cancels_it_owes(fresh: Emulator) ->
         await waiter
     await closing
     assert remote_status(fresh, job.id) == "cancelled"
+
+
+async def test_a_job_left_running_when_its_client_closes_is_detached_not_failed(fresh: Emulator) -> None:
+    fresh.set_fault(DEP, "slow_queue", seconds=100_000)
+    async with rc.AsyncRunComfy(token=TOKEN, base_url=fresh.url, model_api_url=fresh.url) as client:
+        job = await client.deployments.submit(DEP, overrides=OVERRIDES)
+        model_job = await client.models.submit("blackforestlabs/flux-1-kontext/pro/edit",
+                                               {"prompt": "x", "image_url": "https://example.org/a.png"})
+    await job.wait(2)
+    await model_job.wait(2)
+    for left in (job, model_job):  # it runs on there: nothing here may say it failed
+        assert left.detached and left.status is not Status.FAILED and left.error is None
+    assert remote_status(fresh, job.id) == "in_queue"
+    await rc.AsyncRunComfy(token=TOKEN, base_url=fresh.url).deployments.cancel(DEP, job.id)
+
+
+async def test_a_cancelled_wait_on_a_comfyui_prompt_interrupts_it_before_the_client_closes() -> None:
+    from .doubles.comfyui_double import ComfyDouble
+    from .test_comfyui_hostile import workflow
+
+    async with ComfyDouble(step_delay=0.2) as double:
+        started = asyncio.Event()
+        jobs: list[Job] = []
+
+        async def cell() -> None:
+            async with rc.AsyncComfyUI(double.url) as comfy:
+                jobs.append(await comfy.queue(workflow(steps=500)))
+                jobs[0].subscribe(lambda job, _event: started.set() if job.status is Status.RUNNING else None)
+                await jobs[0].result()
+
+        task = asyncio.create_task(cell())
+        await asyncio.wait_for(started.wait(), 20)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert jobs[0].status is Status.CANCELLED  # the server said execution_interrupted

@@ -40,7 +40,19 @@ from ..errors import (
     ValidationError,
     transient,
 )
-from ..jobs import Contact, Job, JobResult, NodeStarted, Output, Preview, Progress, Queued, Started, Status
+from ..jobs import (
+    Contact,
+    Job,
+    JobResult,
+    NodeStarted,
+    Output,
+    Preview,
+    Progress,
+    Queued,
+    Started,
+    Status,
+    finish_cancels,
+)
 from ..media import Media, claim, media_from_outputs, mime_type
 from ..transport import USER_AGENT, Storage, Transport, retries_of
 from ..workflow import Workflow
@@ -315,7 +327,9 @@ class AsyncComfyUI:
 
     async def aclose(self) -> None:
         """Close the connections. Jobs still being followed are detached: they go on on the
-        server, and `attach(prompt_id)` follows them again."""
+        server, and `attach(prompt_id)` follows them again. Cancels that interrupted waits started
+        are let finish first (bounded)."""
+        await finish_cancels()
         if self._runs:
             log.warning("%d %s job(s) still running were detached; re-attach with "
                         "attach(prompt_id).", len(self._runs), self.label)

@@ -11,6 +11,7 @@ import builtins
 import contextlib
 import json
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -199,6 +200,7 @@ class Deployments:
     def __init__(self, transport: Transport, storage: Storage, *, version: str = "v1") -> None:
         self._http = transport
         self._storage = storage
+        self.followed: weakref.WeakSet[Job] = weakref.WeakSet()  # detached when the client closes
         self._prefix = f"/prod/{version}/deployments"
         self._durations: dict[str, DurationModel] = {}
         self._object_info: dict[str, dict[str, Any]] = {}
@@ -272,8 +274,10 @@ class Deployments:
             durations=self.durations(deployment_id), what="The deployment run", service=SERVICE,
             reattach=f"`client.deployments.attach({deployment_id!r}, {request_id!r})`",
         )
-        return Job(backend, kind="serverless", id=request_id,
+        job = Job(backend, kind="serverless", id=request_id,
                    label=label or f"{deployment_id} · {request_id[:8]}")
+        self.followed.add(job)
+        return job
 
     async def status(self, deployment_id: str, request_id: str) -> RequestStatus:
         """The request's state; `instance_id` (from in_progress on) opens the instance proxy."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -194,6 +195,7 @@ class Models:
     def __init__(self, transport: Transport, storage: Storage) -> None:
         self._http = transport
         self._storage = storage
+        self.followed: weakref.WeakSet[Job] = weakref.WeakSet()  # detached when the client closes
         self._durations: dict[str, DurationModel] = {}
 
     def __repr__(self) -> str:
@@ -233,8 +235,10 @@ class Models:
             what=f"The model run{f' of {model_id}' if model_id else ''}", service=SERVICE,
             reattach=f"`client.models.attach({request_id!r}{known})`",
         )
-        return Job(backend, kind="model", id=request_id,
+        job = Job(backend, kind="model", id=request_id,
                    label=label or f"{model_id or 'model'} · {request_id[:8]}")
+        self.followed.add(job)
+        return job
 
     async def status(self, request_id: str) -> RequestStatus:
         """Where the request stands (`queue_position` while it waits)."""
