@@ -121,3 +121,27 @@ def test_keep_leaves_it_running(emu: Emulator) -> None:
                          headers={"Authorization": f"Bearer {TOKEN}"})
     assert reply.status_code == 200
     wait_for(lambda: record(emu, server_id)["status"] != "Ready")
+
+
+def test_kernel_shutdown(emu: Emulator) -> None:
+    """A real kernel, shut down the way Jupyter does it (a shutdown request, not a kill)."""
+    from jupyter_client.manager import KernelManager
+
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel(env=environment(emu))
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        out: list[str] = []
+        reply = client.execute_interactive(
+            LAUNCH.format(keep=""), timeout=90,
+            output_hook=lambda msg: out.append(msg["content"].get("text", "")))
+        assert reply["content"]["status"] == "ok"
+        server_id = server_id_in("".join(out))
+        assert record(emu, server_id)["status"] == "Ready"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)  # shutdown_request: the kernel exits on its own
+    assert record(emu, server_id)["status"] == "Deleting"
+    assert record(emu, server_id)["billed_seconds"] > 0
