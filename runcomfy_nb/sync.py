@@ -17,45 +17,30 @@ import contextlib
 import functools
 import inspect
 import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
-from . import uievents
+from .loops import background, block, call, on_loop_thread
 
 T = TypeVar("T")
-POLL = 0.1  # seconds between looks at a blocking wait: Ctrl-C and widget clicks are handled this often
 CANCEL_GRACE = 15.0  # seconds an interrupted call gives its cancelled task to finish (a remote cancel)
-_lock = threading.Lock()
-_loop: asyncio.AbstractEventLoop | None = None
-
-
-def loop() -> asyncio.AbstractEventLoop:
-    """The shared background loop, started on first use."""
-    global _loop
-    with _lock:
-        if _loop is None or _loop.is_closed():
-            new = asyncio.new_event_loop()
-            threading.Thread(target=new.run_forever, name="runcomfy-loop", daemon=True).start()
-            _loop = new
-        return _loop
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` on the background loop and wait. Ctrl-C cancels its task and waits (up to
     `CANCEL_GRACE` s; a second Ctrl-C stops waiting) until the task has finished — e.g. until
     `Job.result` has cancelled the remote job — then re-raises."""
-    target = loop()
+    target = background()
     if on_loop_thread(target):
         coro.close()
         raise RuntimeError("a blocking runcomfy_nb call was made from inside its own event loop")
     running = _Running(coro, target)
     try:
-        _block(running.ended)
+        block(running.ended)
     except KeyboardInterrupt:
         running.cancel()
         with contextlib.suppress(KeyboardInterrupt):
-            _block(running.ended, CANCEL_GRACE)
+            block(running.ended, CANCEL_GRACE)
         raise
     # not future.result(timeout=...): our JobTimeout is a TimeoutError too
     return running.future.result()
@@ -97,53 +82,6 @@ class _Running:
     def _cancel(self) -> None:
         if self._task is not None:
             self._task.cancel()
-
-
-def call(fn: Callable[[], T], on: asyncio.AbstractEventLoop | None = None) -> T:
-    """Run a plain function on the thread of loop `on` (default: the background loop, where the
-    blocking facade's objects live) and return its result; directly when that is this thread
-    or that loop is not running."""
-    target = on or loop()
-    if on_loop_thread(target) or not target.is_running() or target.is_closed():
-        return fn()
-    future: concurrent.futures.Future[T] = concurrent.futures.Future()
-    ended = threading.Event()
-
-    def job() -> None:
-        try:
-            if future.set_running_or_notify_cancel():
-                future.set_result(fn())
-        except BaseException as exc:
-            future.set_exception(exc)
-        finally:
-            ended.set()
-
-    target.call_soon_threadsafe(job)
-    try:
-        _block(ended)
-    except KeyboardInterrupt:
-        future.cancel()  # a plain function cannot be stopped once it runs; it is short
-        raise
-    return future.result()
-
-
-def on_loop_thread(target: asyncio.AbstractEventLoop) -> bool:
-    """True when `target` is the loop running in this thread."""
-    try:
-        return asyncio.get_running_loop() is target
-    except RuntimeError:
-        return False
-
-
-def _block(ended: threading.Event, limit: float | None = None) -> None:
-    """Wait for `ended` (at most `limit` s) in short steps, so Ctrl-C is handled at once; on a
-    kernel's main thread the widgets' messages that arrived meanwhile are handled between steps."""
-    deadline = None if limit is None else time.monotonic() + limit
-    with uievents.pumping() as pump:
-        while not ended.wait(POLL):
-            if deadline is not None and time.monotonic() > deadline:
-                return
-            pump()
 
 
 def _is_async_object(value: Any) -> bool:

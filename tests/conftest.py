@@ -1,18 +1,14 @@
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import stamina
-from IPython.core.interactiveshell import InteractiveShell
 
 import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
 
-TOKEN = "rc_test_token_SENTINEL_5f2b9c0e7a"
+from .helpers import TOKEN
 
 
 @pytest.fixture(scope="session")
@@ -40,44 +36,3 @@ async def client(fresh: Emulator) -> AsyncIterator[rc.AsyncRunComfy]:
         yield c
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll `check` until it returns something true (returned), failing after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {check}")
-        time.sleep(0.05)
-    return value
-
-
-def posts(emulator: Emulator, deployment: str) -> int:
-    return sum(1 for r in emulator.log
-               if r.method == "POST" and r.path.endswith(f"/deployments/{deployment}/inference"))
-
-
-@contextlib.contextmanager
-def emulating_shell(speed: float, **env: str) -> Iterator[InteractiveShell]:
-    """An IPython shell with the extension loaded and `%runcomfy emulate --speed SPEED` on, with
-    these environment variables set meanwhile (e.g. sentinel tokens)."""
-    mp = pytest.MonkeyPatch()
-    for name, value in env.items():
-        mp.setenv(name, value)
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "runcomfy_nb")
-    shell.run_line_magic("runcomfy", f"emulate --speed {speed:g}")
-    try:
-        yield shell
-    finally:
-        shell.run_line_magic("runcomfy", "emulate --stop")
-        mp.undo()
-
-
-def run_cell(ip: InteractiveShell, cell: str, capsys: pytest.CaptureFixture[str],
-             *secrets: str) -> tuple[Any, str]:
-    """Run a cell; its result and everything it printed, which must hold none of `secrets`."""
-    result = ip.run_cell(cell)
-    out = capsys.readouterr()
-    text = out.out + out.err
-    for secret in secrets:
-        assert secret not in text
-    return result, text

@@ -6,7 +6,7 @@ from typing import Any
 
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from .. import sync
+from .. import loops
 from ..errors import ValidationError
 from .core import show_table
 from .registry import subcommand
@@ -36,7 +36,7 @@ def machines(magics: Any, line: str, cell: str | None) -> Any:
 
     client = _machines()
     listed = client.list()
-    return sync.call(lambda: MachinePanel(client, include=listed))
+    return loops.call(lambda: MachinePanel(client, include=listed))
 
 
 @magic_arguments()

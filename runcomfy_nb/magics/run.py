@@ -9,7 +9,7 @@ from typing import Any
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from .. import sync
+from .. import loops, sync
 from ..errors import ValidationError
 from ..jobs import CANCEL_WAIT
 from ..workflow import parse_cell
@@ -61,7 +61,7 @@ def show_progress(job: Any) -> None:
     from ..widgets import JobProgress
 
     raw = sync.unwrap(job)
-    display(sync.call(lambda: JobProgress(raw)))
+    display(loops.call(lambda: JobProgress(raw)))
 
 
 def follow(magics: Any, job: Any, *, timeout: float | None, out: str | None) -> Any:
@@ -86,11 +86,11 @@ def interrupted(magics: Any, raw: Any) -> str:
     if not magics.auto_cancel:
         return (f"Interrupted: job {raw.id} runs on (auto_cancel is off); "
                 "its progress above keeps updating.")
-    if not sync.call(lambda: raw.done):
+    if not loops.call(lambda: raw.done):
         with contextlib.suppress(Exception):  # its outcome is told below
             sync.run(raw.cancel(wait=CANCEL_WAIT))
-    status = sync.call(lambda: raw.status.value)
-    if sync.call(lambda: raw.done):
+    status = loops.call(lambda: raw.status.value)
+    if loops.call(lambda: raw.done):
         return f"Interrupted: job {raw.id} is {status}."
     return (f"Interrupted: the server did not confirm the cancel of job {raw.id}; it was {status} "
             "when last seen and may still be running there (see `%runcomfy jobs`).")

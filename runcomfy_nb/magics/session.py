@@ -9,7 +9,7 @@ import os
 from collections.abc import MutableMapping
 from typing import Any
 
-from .. import sync
+from .. import loops, sync
 from ..config import ENV_NAMES, SECRETS, SETTINGS, Config, Secret
 from ..errors import ValidationError
 from ..facade import ComfyCloud, ComfyUI, RunComfy
@@ -58,7 +58,7 @@ class Session:
         self._client = self._cloud = None
         self._comfy.clear()
         if old:
-            future = asyncio.run_coroutine_threadsafe(_close_when_idle(old), sync.loop())
+            future = asyncio.run_coroutine_threadsafe(_close_when_idle(old), loops.background())
             self._closing.add(future)
             future.add_done_callback(self._closing.discard)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..sync import call, on_loop_thread
+from ..loops import soon
 
 T = TypeVar("T")
 
@@ -27,29 +27,6 @@ def asset(name: str) -> Path:
     """A front-end file: `runcomfy_nb/static/<name>` in a built wheel, `js/<name>` in a checkout."""
     built = _PACKAGE / "static" / name
     return built if built.is_file() else _PACKAGE.parent / "js" / name
-
-
-# --- event loops ---------------------------------------------------------------------------------
-
-
-def _usable_elsewhere(loop: asyncio.AbstractEventLoop) -> bool:
-    return loop.is_running() and not loop.is_closed() and not on_loop_thread(loop)
-
-
-def call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
-    """Run `fn` on `loop`'s thread: now if we are on it (or the loop is not running), else soon."""
-    if _usable_elsewhere(loop):
-        try:
-            loop.call_soon_threadsafe(fn)
-            return
-        except RuntimeError:  # closed in the meantime
-            pass
-    fn()
-
-
-def run_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], T]) -> T:
-    """Run `fn` on `loop`'s thread and return its result (directly when that is this thread)."""
-    return call(fn, loop)
 
 
 class Throttle:
@@ -85,7 +62,7 @@ class Throttle:
             self._pending.update(changes)
         if self.hold:
             return
-        call_in_loop(self._loop, self.flush if now else self._schedule)
+        soon(self._loop, self.flush if now else self._schedule)
 
     def _schedule(self) -> None:
         if self._timer is not None:
@@ -110,7 +87,7 @@ class Throttle:
             self._apply(pending)
 
     def close(self) -> None:
-        call_in_loop(self._loop, self._cancel_timer)
+        soon(self._loop, self._cancel_timer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

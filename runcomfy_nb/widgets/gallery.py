@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import anywidget
 import traitlets as t
 
+from ..loops import on_loop_thread, spawn
 from ..media import ANIMATED_EXT, Media
 from ._base import (
     FONT,
@@ -26,7 +27,6 @@ from ._base import (
     error_text,
     esc,
     frame_count,
-    on_loop_thread,
 )
 
 log = logging.getLogger("runcomfy_nb")
@@ -226,13 +226,11 @@ class Gallery(Snapshots, anywidget.AnyWidget):
                 return
             self.send({"type": "file", "index": index, "error": error})
 
-        if on_loop_thread(loop):
-            task = loop.create_task(media.read())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(reply)
-        else:
-            asyncio.run_coroutine_threadsafe(media.read(), loop).add_done_callback(reply)
+        started = spawn(loop, media.read())
+        if isinstance(started, asyncio.Task):
+            self._tasks.add(started)
+            started.add_done_callback(self._tasks.discard)
+        started.add_done_callback(reply)
 
     # -- fallbacks --
     def __repr__(self) -> str:

@@ -16,16 +16,15 @@ from typing import Any
 import anywidget
 import traitlets as t
 
+from ..loops import background, call, soon
 from ..timefmt import format_duration
 from ._base import (
     FONT,
     Snapshots,
     Throttle,
     asset,
-    call_in_loop,
     error_text,
     esc,
-    run_in_loop,
 )
 
 log = logging.getLogger("runcomfy_nb")
@@ -54,11 +53,11 @@ def pick_loop(machines: Any, loop: asyncio.AbstractEventLoop | None = None) -> a
     if loop is not None:
         return loop
     if isinstance(machines, sync.Blocking):
-        return sync.loop()
+        return background()
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
-        return sync.loop()
+        return background()
 
 
 class MachinePanel(Snapshots, anywidget.AnyWidget):
@@ -99,7 +98,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
         self._closed = False
         self._throttle = Throttle(self._apply, self.loop)
         self.on_msg(self._on_msg)
-        run_in_loop(self.loop, self._start)
+        call(self._start, self.loop)
 
     @t.validate("refresh_every")
     def _check_refresh_every(self, proposal: Any) -> float:
@@ -242,7 +241,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
         if self.loop.is_closed() or not self.loop.is_running():
             self._refuse(server_id, f"cannot {kind}: the machines' event loop has stopped")
             return
-        call_in_loop(self.loop, lambda: self._request(kind, server_id))
+        soon(self.loop, lambda: self._request(kind, server_id))
 
     def _refuse(self, server_id: str, reason: str) -> None:
         row = self._rows.get(server_id)
@@ -296,7 +295,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
         """Stop refreshing (a Stop or Extend already sent still finishes)."""
         if getattr(self, "_throttle", None) is not None and not self._closed:
             self._closed = True
-            call_in_loop(self.loop, self._stop_refreshing)
+            soon(self.loop, self._stop_refreshing)
             self._throttle.close()
         super().close()
 

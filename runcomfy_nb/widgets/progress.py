@@ -14,6 +14,7 @@ import traitlets as t
 
 from ..errors import JobCancelled
 from ..jobs import Event, Failed, Finished, Job, NodeStarted, Output, Preview, Progress, Queued, Started
+from ..loops import call, spawn
 from ..timefmt import format_duration
 from ._base import (
     FONT,
@@ -24,8 +25,6 @@ from ._base import (
     downscale,
     error_text,
     esc,
-    on_loop_thread,
-    run_in_loop,
     short_id,
 )
 
@@ -80,7 +79,7 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
         self._cancel: concurrent.futures.Future[bool] | asyncio.Future[bool] | None = None
         self._throttle = Throttle(self._apply, job.loop)
         self.on_msg(self._on_msg)
-        self._unsubscribe = run_in_loop(job.loop, self._attach)
+        self._unsubscribe = call(self._attach, job.loop)
 
     @property
     def flushes(self) -> int:
@@ -170,10 +169,7 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
             self._throttle.update({"notice": "cannot cancel: the job's event loop has stopped"}, now=True)
             return
         self._throttle.update({"cancelling": True, "notice": ""}, now=True)
-        if on_loop_thread(loop):
-            self._cancel = loop.create_task(job.cancel())
-        else:
-            self._cancel = asyncio.run_coroutine_threadsafe(job.cancel(), loop)
+        self._cancel = spawn(loop, job.cancel())
         self._cancel.add_done_callback(self._cancel_done)
 
     def _cancel_done(self, future: Any) -> None:

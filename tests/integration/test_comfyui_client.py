@@ -31,7 +31,7 @@ from runcomfy_nb.jobs import (
 )
 from runcomfy_nb.media import Media
 
-from .doubles.comfyui_double import ComfyDouble
+from ..doubles.comfyui_double import ComfyDouble
 
 SECRET = "secret-abc123"
 WORKFLOW: dict[str, Any] = {

@@ -12,7 +12,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.magics.session import SESSION
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from runcomfy_nb.clients.comfyui import AsyncComfyUI, _PromptRun
 from runcomfy_nb.errors import ContactLost, TransportError
 from runcomfy_nb.jobs import Job, NodeStarted, Output, Preview, Progress, Started, Status
 
-from .doubles.comfyui_double import ComfyDouble
+from ..doubles.comfyui_double import ComfyDouble
 
 SECRET = "hostile-secret-7c1d"
 WORKFLOW: dict[str, Any] = {

@@ -18,7 +18,7 @@ from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.errors import MissingCredentials
 from runcomfy_nb.magics.session import SESSION
 
-from .conftest import TOKEN, emulating_shell, run_cell
+from ..helpers import TOKEN, emulating_shell, run_cell
 
 WRONG = "rc_wrong_SENTINEL_token_1e2f"
 LOGIN = "rc_login_SENTINEL_token_3a4b"

@@ -20,7 +20,7 @@ from jupyter_client.manager import KernelManager
 
 from runcomfy_nb.emulator import Emulator
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 DEP = "dep-flux-kontext"
 VERSION = "c7a91e04-3b5d-4f8a-a2c6-9d0e7f1b3a02"  # a workflow version of the packaged config

@@ -50,7 +50,7 @@ from runcomfy_nb.jobs import (
 )
 from runcomfy_nb.media import Media
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 SPEED = 50.0  # a sampler step (0.5 virtual s) takes 10 ms
 LONG = 2000  # steps of a prompt that keeps the machine busy until it is cancelled

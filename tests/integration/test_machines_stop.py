@@ -13,7 +13,7 @@ import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 
-from .conftest import TOKEN, emulating_shell, run_cell, wait_for
+from ..helpers import TOKEN, emulating_shell, run_cell, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ from runcomfy_nb.errors import (
 from runcomfy_nb.jobs import Event, Job, NodeStarted, Output, Preview, Progress, Queued, Status
 from runcomfy_nb.media import Media
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 KEY = "comfyui-client-key-SENTINEL-4e8a21"
 SPEED = 50.0  # a sampler step (0.5 virtual s) takes 10 ms

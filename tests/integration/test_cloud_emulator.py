@@ -24,7 +24,7 @@ from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.emulator.cloud import CLOUD_ERRORS, PARTNER_NODE, PARTNER_UNAUTHORIZED
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 KEY = "comfyui-cloud-key-SENTINEL-9d41c7"
 HEADERS = {"X-API-Key": KEY}

@@ -15,7 +15,7 @@ from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.emulator.cloud import PARTNER_NODE
 from runcomfy_nb.magics.session import SESSION
 
-from .conftest import emulating_shell, run_cell
+from ..helpers import emulating_shell, run_cell
 
 USER_KEY = "comfyui-user-key-SENTINEL-magic-77"
 WORKFLOW = load_config(None)["presets"]["image"]

@@ -18,7 +18,7 @@ import pytest
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 
-from .conftest import TOKEN, wait_for
+from ..helpers import TOKEN, wait_for
 
 LAUNCH = """
 import runcomfy_nb as rc

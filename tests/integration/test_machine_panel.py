@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 
 import runcomfy_nb as rc
-from runcomfy_nb import sync
+from runcomfy_nb import loops, sync
 from runcomfy_nb.clients.machines import MachineInfo
 from runcomfy_nb.config import Secret
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.widgets import MachinePanel
 from runcomfy_nb.widgets import machines as panel_module
 
-from .conftest import TOKEN
-from .test_widgets import record_messages, thread_loop, until, wait_for
+from ..helpers import TOKEN
+from ..unit.test_widgets import record_messages, thread_loop, until, wait_for
 
 __all__ = ["thread_loop"]  # a fixture, used by name
 
@@ -427,11 +427,11 @@ def test_a_stopped_loop_is_reported_not_hung() -> None:
 
 def test_which_loop_by_default(thread_loop: asyncio.AbstractEventLoop) -> None:
     machines = FakeMachines()
-    assert panel_module.pick_loop(machines) is sync.loop()  # no loop running here
-    assert panel_module.pick_loop(sync.Blocking(machines)) is sync.loop()
+    assert panel_module.pick_loop(machines) is loops.background()  # no loop running here
+    assert panel_module.pick_loop(sync.Blocking(machines)) is loops.background()
     assert panel_module.pick_loop(machines, thread_loop) is thread_loop
     assert on(thread_loop, lambda: panel_module.pick_loop(machines)) is thread_loop
-    assert on(thread_loop, lambda: panel_module.pick_loop(sync.Blocking(machines))) is sync.loop()
+    assert on(thread_loop, lambda: panel_module.pick_loop(sync.Blocking(machines))) is loops.background()
 
 
 # --- the blocking facade against the emulator ----------------------------------------------------
@@ -452,7 +452,7 @@ def test_the_panel_stops_a_real_machine(machine_emulator: Emulator, monkeypatch:
     panel = MachinePanel(client.machines, refresh_every=0.5)
     messages = record_messages(panel)
     try:
-        assert panel.loop is sync.loop()
+        assert panel.loop is loops.background()
         wait_for(lambda: row(panel, machine.id)["state"] == "ready", timeout=60)
         url = machine_emulator.comfy_url(machine.id)
         click(panel, "extend", machine.id)

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").glob("*.ipynb"))
 EMU_TOKEN = "rc_nb_emulator_SENTINEL_1f3c"
 REAL_TOKEN = "rc_nb_user_SENTINEL_9d2e"
 

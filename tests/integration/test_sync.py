@@ -10,11 +10,11 @@ import time
 import pytest
 
 import runcomfy_nb as rc
-from runcomfy_nb import sync
+from runcomfy_nb import loops, sync
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.jobs import Status
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 FLUX = "dep-flux-kontext"
 
@@ -51,7 +51,7 @@ def test_live_updates_during_a_blocking_call(fresh: Emulator) -> None:
     fresh.set_fault(FLUX, "slow_queue", seconds=5)
     client = rc.RunComfy(token=TOKEN, base_url=fresh.url)
     job = client.deployments.submit(FLUX, {})
-    widget = sync.call(lambda: JobProgress(sync.unwrap(job)))
+    widget = loops.call(lambda: JobProgress(sync.unwrap(job)))
     seen: list[str] = []
     widget.observe(lambda change: seen.append(change["new"]), names="status")
     job.result(timeout=30)  # the calling thread blocks here

@@ -16,7 +16,7 @@ from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.jobs import Finished, Output, Started, Status
 from runcomfy_nb.transport import _retry_hook
 
-from .conftest import TOKEN, posts
+from ..helpers import TOKEN, posts
 
 FLUX, VIDEO, LORA = "dep-flux-kontext", "dep-animate", "dep-lora-portrait"
 LORA_INPUTS = {"prompt": "warm cinematic light", "seed": 42, "width": 512, "height": 512}

@@ -18,7 +18,7 @@ from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.errors import ServerError
 from runcomfy_nb.jobs import Job, JobResult, Status
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 DEP = "dep-flux-kontext"
 OVERRIDES = {"31": {"inputs": {"seed": 11}}}
@@ -134,7 +134,7 @@ async def test_a_job_left_running_when_its_client_closes_is_detached_not_failed(
 
 
 async def test_a_cancelled_wait_on_a_comfyui_prompt_interrupts_it_before_the_client_closes() -> None:
-    from .doubles.comfyui_double import ComfyDouble
+    from ..doubles.comfyui_double import ComfyDouble
     from .test_comfyui_hostile import workflow
 
     async with ComfyDouble(step_delay=0.2) as double:

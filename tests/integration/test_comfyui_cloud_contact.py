@@ -19,7 +19,7 @@ from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.errors import ContactLost
 from runcomfy_nb.jobs import Progress, Status
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 KEY = "cloud-contact-key-SENTINEL-91b3"
 

@@ -15,7 +15,7 @@ from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.jobs import Status
 from runcomfy_nb.workflow import Workflow, check_overrides
 
-from .conftest import TOKEN, posts
+from ..helpers import TOKEN, posts
 
 FLUX, VIDEO, PARTNER, LORA = "dep-flux-kontext", "dep-animate", "dep-partner", "dep-lora-portrait"
 # Added once to the session's emulator (ids unique to this file):

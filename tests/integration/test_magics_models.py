@@ -17,7 +17,7 @@ from runcomfy_nb.magics.jobs import JobList
 from runcomfy_nb.magics.models import parse_inputs
 from runcomfy_nb.magics.session import SESSION
 
-from .conftest import emulating_shell, run_cell
+from ..helpers import emulating_shell, run_cell
 
 EMU_TOKEN = "rc_emulator_SENTINEL_token_models_41"
 EDIT = "blackforestlabs/flux-1-kontext/pro/edit"

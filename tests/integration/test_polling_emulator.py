@@ -17,7 +17,7 @@ from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.errors import ContactLost
 from runcomfy_nb.jobs import Job, Status
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 FLUX, LORA, MODEL = "dep-flux-kontext", "dep-lora-portrait", "blackforestlabs/flux-1-kontext/pro/edit"
 KINDS = ("comfyui", "lora", "model")

@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter, ImageStat
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

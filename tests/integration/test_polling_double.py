@@ -20,7 +20,7 @@ from runcomfy_nb.clients.deployments import read_result, read_status
 from runcomfy_nb.errors import ContactLost, transient
 from runcomfy_nb.jobs import Job, Status
 
-from .doubles.runcomfy_double import RunComfyDouble, wait_for
+from ..doubles.runcomfy_double import RunComfyDouble, wait_for
 
 TOKEN = "rc_polling_double_SENTINEL_41d9"
 MODEL = "acme/painter/v1"

@@ -15,7 +15,7 @@ from jupyter_client.manager import KernelManager
 
 from runcomfy_nb.emulator import Emulator
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 DEP = "dep-flux-kontext"
 

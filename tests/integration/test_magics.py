@@ -11,7 +11,7 @@ from runcomfy_nb import sync
 from runcomfy_nb.config import SETTINGS
 from runcomfy_nb.magics.session import SESSION
 
-from .conftest import emulating_shell, run_cell
+from ..helpers import emulating_shell, run_cell
 
 EMU_TOKEN = "rc_emulator_SENTINEL_token_77aa"
 REAL_TOKEN = "rc_real_SENTINEL_token_88bb"

@@ -11,7 +11,7 @@ import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 
-from .conftest import TOKEN
+from ..helpers import TOKEN
 
 
 @pytest.fixture(autouse=True)
