@@ -32,7 +32,8 @@ _EXPORTS = {
     **dict.fromkeys(
         ["RunComfyError", "ConfigError", "MissingCredentials", "ValidationError", "APIError",
          "AuthError", "PaymentRequired", "SubscriptionInactive", "RateLimited", "NotFound",
-         "BadRequest", "ServerError", "TransportError", "SubmitUncertain", "JobError", "JobFailed",
+         "BadRequest", "ServerError", "UnexpectedReply", "MachineFailed", "TransportError",
+         "SubmitUncertain", "JobError", "JobFailed",
          "ContactLost", "JobCancelled", "JobTimeout"],
         "errors",
     ),
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
         JobError,
         JobFailed,
         JobTimeout,
+        MachineFailed,
         MissingCredentials,
         NotFound,
         PaymentRequired,
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
         SubmitUncertain,
         SubscriptionInactive,
         TransportError,
+        UnexpectedReply,
         ValidationError,
     )
     from .facade import ComfyCloud, ComfyUI, RunComfy

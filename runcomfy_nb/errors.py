@@ -11,7 +11,9 @@
     │   ├── RateLimited         429: `.retry_after` seconds, after the retry budget was spent
     │   ├── NotFound            404: unknown deployment, request or file
     │   ├── BadRequest          400 / 422: the server's own message says what is wrong
-    │   └── ServerError         5xx: the service failed; idempotent calls were retried already
+    │   ├── ServerError         5xx: the service failed; idempotent calls were retried already
+    │   └── UnexpectedReply     the reply broke the protocol: not JSON, a field missing or of a wrong shape
+    ├── MachineFailed           a machine failed or stopped instead of becoming ready
     ├── TransportError          the network failed (connection refused, dropped, truncated download)
     │   └── SubmitUncertain     a paid submit may have reached the server; it was not resent
     └── JobError                a job ended without a result (`.job_id`)
@@ -85,6 +87,14 @@ class BadRequest(APIError):
 
 class ServerError(APIError):
     pass
+
+
+class UnexpectedReply(APIError):
+    """The server answered, but not in the documented shape; nothing can be read from it."""
+
+
+class MachineFailed(RunComfyError):
+    """A machine failed, or was stopped, while it was being waited for."""
 
 
 class TransportError(RunComfyError):
