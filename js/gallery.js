@@ -3,14 +3,9 @@
 // (or when that fails) through the kernel: send {type: "fetch", index}, receive
 // {type: "file", index, mime} with the bytes as a buffer. If both fail, the thumbnail stays.
 
-const FETCH_TIMEOUT_MS = 120000;
+import { button, element } from "./shared.js";
 
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
+const FETCH_TIMEOUT_MS = 120000;
 
 function probe(src) {
   return new Promise((resolve, reject) => {
@@ -181,10 +176,9 @@ function render({ model, el }) {
       });
       box.append(player);
     } else {
-      const button = element("button", "rcnb-placeholder rcnb-play", `${tag === "video" ? "▶" : "♪"} play`);
-      button.type = "button";
-      button.addEventListener("click", () => fromKernel(true), { once: true });
-      box.append(button);
+      const play = button("rcnb-placeholder rcnb-play", `${tag === "video" ? "▶" : "♪"} play`);
+      play.addEventListener("click", () => fromKernel(true), { once: true });
+      box.append(play);
     }
     return box;
   }
@@ -195,8 +189,7 @@ function render({ model, el }) {
     figure.dataset.index = String(index);
     let visual;
     if (item.thumb) {
-      visual = element("button", "rcnb-thumb");
-      visual.type = "button";
+      visual = button("rcnb-thumb");
       visual.title = `${item.filename} — click to enlarge`;
       const img = element("img");
       img.src = item.thumb;
@@ -208,8 +201,7 @@ function render({ model, el }) {
     } else if (item.kind === "video" || item.kind === "audio") {
       visual = playable(item, index);
     } else if (item.kind === "image") {
-      visual = element("button", "rcnb-placeholder", "image");
-      visual.type = "button";
+      visual = button("rcnb-placeholder", "image");
       visual.addEventListener("click", () => openLightbox(index));
     } else {
       visual = element("div", "rcnb-placeholder", "file");

@@ -2,22 +2,15 @@
 // (batched, ≤ ~10 syncs/s); uptime, estimated cost and time left tick here, once a second, from
 // ready_at / ended_at / stopping_at, so Python sends nothing per second.
 
+import { button, element, formatDuration, money } from "./shared.js";
+
 const STATES = ["starting", "ready", "stopping", "stopped", "failed"];
 const ENDED = new Set(["stopping", "stopped", "failed"]);
 const CAN = { stop: new Set(["starting", "ready", "failed"]), extend: new Set(["starting", "ready"]) };
 const BUSY = { stop: "stopping…", extend: "extending…" };
 const CONFIRM_MS = 4000; // a Stop asks once more, for this long
 
-export function formatSpan(seconds) {
-  const whole = Math.max(0, Math.floor(seconds || 0));
-  if (whole < 60) return `${whole} s`;
-  if (whole < 3600) return `${Math.floor(whole / 60)} min ${String(whole % 60).padStart(2, "0")} s`;
-  return `${Math.floor(whole / 3600)} h ${String(Math.floor((whole % 3600) / 60)).padStart(2, "0")} min`;
-}
-
-export function money(value) {
-  return `$${value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`;
-}
+const span = (seconds) => formatDuration(seconds, { whole: true });
 
 // (uptime, estimated cost, time left) of a row at `now` (epoch seconds); as the Python fallback
 export function figures(row, now) {
@@ -30,26 +23,13 @@ export function figures(row, now) {
   } else {
     const end = ended ?? (stopping != null ? Math.min(now, stopping) : now);
     const seconds = Math.max(0, end - ready);
-    uptime = formatSpan(seconds);
+    uptime = span(seconds);
     cost = price != null ? `≈${money((seconds / 3600) * price)}` : "—";
   }
   let left = "—";
-  if (state === "ready" && stopping != null) left = stopping > now ? formatSpan(stopping - now) : "due now";
-  else if (state === "starting" && row.estimated_duration) left = `${formatSpan(row.estimated_duration)} once ready`;
+  if (state === "ready" && stopping != null) left = stopping > now ? span(stopping - now) : "due now";
+  else if (state === "starting" && row.estimated_duration) left = `${span(row.estimated_duration)} once ready`;
   return { uptime, cost, left };
-}
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function button(className, text) {
-  const node = element("button", className, text);
-  node.type = "button";
-  return node;
 }
 
 function render({ model, el }) {
@@ -124,8 +104,8 @@ function render({ model, el }) {
 
   function onClick(view, kind) {
     const row = view.row;
-    const button = kind === "stop" ? view.stop : view.extend;
-    if (!row || button.disabled) return;
+    const clicked = kind === "stop" ? view.stop : view.extend;
+    if (!row || clicked.disabled) return;
     if (kind === "stop" && !(confirming.get(row.id) > Date.now())) {
       confirming.set(row.id, Date.now() + CONFIRM_MS);
       clearTimeout(lapses.get(row.id));
@@ -220,7 +200,7 @@ function render({ model, el }) {
     const every = model.get("refresh_every");
     const at = model.get("refreshed_at");
     const parts = [];
-    if (every) parts.push(`refreshes every ${formatSpan(every)}`);
+    if (every) parts.push(`refreshes every ${span(every)}`);
     if (at) parts.push(`last at ${new Date(at * 1000).toLocaleTimeString()}`);
     parts.push("costs are estimates");
     footer.textContent = parts.join(" · ");

@@ -1,6 +1,8 @@
 // JobProgress: one job's live state. Python batches trait changes (≤ ~10 syncs/s); the elapsed
 // time ticks here, from submitted_at / finished_at, so Python sends nothing per second.
 
+import { button, element, formatDuration } from "./shared.js";
+
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const TRAITS = [
   "kind", "job_id", "label", "status", "position", "step", "steps", "node", "node_title",
@@ -8,23 +10,8 @@ const TRAITS = [
   "finished_at", "cancelling", "notice",
 ];
 
-export function formatDuration(seconds) {
-  const s = Math.max(0, seconds || 0);
-  if (s < 60) return `${s.toFixed(1)} s`;
-  const whole = Math.floor(s);
-  if (whole < 3600) return `${Math.floor(whole / 60)} min ${String(whole % 60).padStart(2, "0")} s`;
-  return `${Math.floor(whole / 3600)} h ${String(Math.floor((whole % 3600) / 60)).padStart(2, "0")} min`;
-}
-
 function num(x) {
   return Number.isInteger(x) ? String(x) : x.toFixed(1);
-}
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 function render({ model, el }) {
@@ -50,8 +37,7 @@ function render({ model, el }) {
   const notice = element("div", "rcnb-notice");
   const footer = element("div", "rcnb-footer");
   const outputs = element("span", "rcnb-outputs");
-  const cancel = element("button", "rcnb-cancel", "Cancel");
-  cancel.type = "button";
+  const cancel = button("rcnb-cancel", "Cancel");
   footer.append(outputs, cancel);
   root.append(header, bar, details, preview, error, notice, footer);
   el.append(root);

@@ -1,4 +1,4 @@
-"""What the widgets share: their front-end files, the update throttle, loop hand-offs, image
+"""What the widgets share: the update throttle, loop hand-offs, image
 downscaling and the pieces of the static HTML fallback."""
 
 from __future__ import annotations
@@ -13,21 +13,11 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from ..loops import soon
 
 T = TypeVar("T")
-
-_PACKAGE = Path(__file__).resolve().parent.parent
-
-
-def asset(name: str) -> Path:
-    """A front-end file: `runcomfy_nb/static/<name>` in a built wheel, `js/<name>` in a checkout."""
-    built = _PACKAGE / "static" / name
-    return built if built.is_file() else _PACKAGE.parent / "js" / name
-
 
 class Throttle:
     """Batches trait changes so a widget syncs at most once per `interval` seconds.

@@ -20,7 +20,6 @@ from ..media import ANIMATED_EXT, Media
 from ._base import (
     FONT,
     Snapshots,
-    asset,
     data_url,
     downscale,
     downscale_animation,
@@ -28,6 +27,7 @@ from ._base import (
     esc,
     frame_count,
 )
+from .assets import asset, esm
 
 log = logging.getLogger("runcomfy_nb")
 
@@ -95,7 +95,7 @@ class Gallery(Snapshots, anywidget.AnyWidget):
     A file that cannot be read shows as a tile with the reason instead of raising.
     """
 
-    _esm = asset("gallery.js")
+    _esm = esm("gallery.js")
     _css = asset("gallery.css")
 
     items = t.List(t.Dict()).tag(sync=True)

@@ -22,10 +22,10 @@ from ._base import (
     FONT,
     Snapshots,
     Throttle,
-    asset,
     error_text,
     esc,
 )
+from .assets import asset, esm
 
 log = logging.getLogger("runcomfy_nb")
 
@@ -72,7 +72,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
     sent finishes even then. Costs are estimates: uptime × the `machines.prices` hourly rate.
     """
 
-    _esm = asset("machines.js")
+    _esm = esm("machines.js")
     _css = asset("machines.css")
 
     MIN_REFRESH = 1.0

@@ -20,13 +20,13 @@ from ._base import (
     FONT,
     Snapshots,
     Throttle,
-    asset,
     data_url,
     downscale,
     error_text,
     esc,
     short_id,
 )
+from .assets import asset, esm
 
 log = logging.getLogger("runcomfy_nb")
 
@@ -43,7 +43,7 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
     Updates are batched to at most ~10 syncs per second; lifecycle changes show at once.
     """
 
-    _esm = asset("progress.js")
+    _esm = esm("progress.js")
     _css = asset("progress.css")
 
     kind = t.Unicode("").tag(sync=True)

@@ -1,7 +1,9 @@
 """What the browser tests share: Debian's Chromium, a server of the checkout, and a page run.
 
-A page (`harness.html`, `machines.html`) renders a widget's real ES module with a fake anywidget
-model, drives it and writes what it saw as JSON into `<pre id="results">`, read from `--dump-dom`.
+A page (`harness.html?scenario=...`) loads a widget the way anywidget does (the `_esm` text the
+widget class gives anywidget, imported from a blob URL; its `_css` text in a <style>), renders it
+with a fake anywidget model, drives it and writes what it saw as JSON into `<pre id="results">`,
+read from `--dump-dom`.
 """
 
 from __future__ import annotations
@@ -34,10 +36,42 @@ def chromium() -> str:
     return found
 
 
+def widget_files() -> dict[str, str]:
+    """What anywidget gets of each widget, by file name: `progress.js` is `JobProgress`'s `_esm`
+    text (its shared imports inlined), `progress.css` its `_css` text; likewise gallery, machines."""
+    from runcomfy_nb.widgets import Gallery, JobProgress, MachinePanel
+
+    files = {}
+    for name, widget in (("progress", JobProgress), ("gallery", Gallery), ("machines", MachinePanel)):
+        files[f"{name}.js"] = str(widget._esm)  # as anywidget's __init__ makes its trait
+        files[f"{name}.css"] = str(widget._css)
+    return files
+
+
 class Handler(SimpleHTTPRequestHandler):
-    """Serves the checkout (js/, tests/browser/) and, under /t/, files a test wrote."""
+    """Serves the checkout (tests/browser/), under /anywidget/ the `widget_files()`, and under
+    /t/ files a test wrote."""
 
     extra: Path
+    widgets: dict[str, str]
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/anywidget/"):
+            self.send_widget_file(self.path.split("?")[0].removeprefix("/anywidget/"))
+        else:
+            super().do_GET()
+
+    def send_widget_file(self, name: str) -> None:
+        if name not in self.widgets:
+            self.send_error(404)
+            return
+        body = self.widgets[name].encode("utf-8")
+        kind = "text/javascript" if name.endswith(".js") else "text/css"
+        self.send_response(200)
+        self.send_header("Content-Type", f"{kind}; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def translate_path(self, path: str) -> str:
         if path.startswith("/t/"):
@@ -57,7 +91,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     out = io.BytesIO()
     Image.new("RGB", (120, 80), "#00cc00").save(out, "PNG")
     (extra / "full.png").write_bytes(out.getvalue())
-    handler = type("BoundHandler", (Handler,), {"extra": extra})
+    handler = type("BoundHandler", (Handler,), {"extra": extra, "widgets": widget_files()})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(ROOT)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -44,3 +44,19 @@ export async function until(condition, ms = 2000) {
   while (!condition() && performance.now() < end) await sleep(20);
   return condition();
 }
+
+// A widget as anywidget loads it: the text of its stylesheet (the widget class's `_css`) in a
+// <style>, the text of its module (`_esm`, shared imports inlined) imported from a blob URL,
+// where a relative import could not resolve.
+export async function loadWidget(name) {
+  const text = async (file) => {
+    const reply = await fetch(`/anywidget/${file}`);
+    if (!reply.ok) throw new Error(`/anywidget/${file}: HTTP ${reply.status}`);
+    return reply.text();
+  };
+  const style = document.createElement("style");
+  style.textContent = await text(`${name}.css`);
+  document.head.append(style);
+  const module = new Blob([await text(`${name}.js`)], { type: "text/javascript" });
+  return import(URL.createObjectURL(module));
+}

@@ -1,7 +1,9 @@
-// Renders a widget's real ES module with a fake anywidget model, drives it, and writes what it
-// observed as JSON into <pre id="results"> for the pytest side to read from the dumped DOM.
+// Loads a widget as anywidget gets it (loadWidget), renders it with a fake anywidget model, drives
+// it through the scenario named by ?scenario= and writes what it observed as JSON into
+// <pre id="results"> for the pytest side to read from the dumped DOM.
 
-import { $, FakeModel, sleep, until } from "./fake_model.js";
+import { $, FakeModel, loadWidget, sleep, until } from "./fake_model.js";
+import { machinesScenario } from "./machines_harness.js";
 
 function pngDataUrl(width, height, color) {
   const canvas = document.createElement("canvas");
@@ -50,7 +52,7 @@ function progressState(el) {
 }
 
 async function progressScenario() {
-  const { default: widget, formatDuration } = await import("/js/progress.js");
+  const { default: widget, formatDuration } = await loadWidget("progress");
   const out = { steps: {} };
   const el = document.getElementById("one");
   const now = Date.now() / 1000;
@@ -139,7 +141,7 @@ function lightboxState() {
 }
 
 async function galleryScenario() {
-  const { default: widget } = await import("/js/gallery.js");
+  const { default: widget } = await loadWidget("gallery");
   const out = {};
   const el = document.getElementById("one");
   const thumb = pngDataUrl(24, 16, "#c00");
@@ -203,7 +205,7 @@ async function galleryScenario() {
   return out;
 }
 
-const scenarios = { progress: progressScenario, gallery: galleryScenario };
+const scenarios = { progress: progressScenario, gallery: galleryScenario, machines: machinesScenario };
 const name = new URLSearchParams(location.search).get("scenario");
 const results = document.getElementById("results");
 try {

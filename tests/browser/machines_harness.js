@@ -1,7 +1,8 @@
-// Renders js/machines.js with a fake anywidget model, plays the kernel's side (row updates in
-// answer to button clicks) and writes what it observed as JSON into <pre id="results">.
+// The machines scenario of harness.js: renders the MachinePanel module as anywidget gets it with
+// a fake anywidget model, plays the kernel's side (row updates in answer to button clicks) and
+// returns what it observed.
 
-import { $, FakeModel, sleep } from "./fake_model.js";
+import { $, FakeModel, loadWidget, sleep } from "./fake_model.js";
 
 const A = "d26d4f31-8696-43ad-ba62-b4f8c268b79a";
 const B = "761af3a7-1b2c-4d5e-8f90-a1b2c3d4e5f6";
@@ -55,8 +56,8 @@ function setRow(model, id, fields) {
   model.set("rows", model.get("rows").map((row) => (row.id === id ? { ...row, ...fields } : row)));
 }
 
-async function machinesScenario() {
-  const { default: widget, formatSpan, figures, money } = await import("/js/machines.js");
+export async function machinesScenario() {
+  const { default: widget, formatDuration, figures, money } = await loadWidget("machines");
   const out = { steps: {} };
   const el = document.getElementById("one");
   const now = Date.now() / 1000;
@@ -134,14 +135,9 @@ async function machinesScenario() {
 
   cleanup();
   out.afterCleanup = { listeners: model.listenerCount(), children: el.children.length };
-  out.format = [formatSpan(4.7), formatSpan(125), formatSpan(3725), money(1234.5)];
+  const span = (seconds) => formatDuration(seconds, { whole: true });
+  out.format = [span(4.7), span(125), span(3725), money(1234.5)];
   out.figures = figures(base(A, { ready_at: 1000, stopping_at: 4600 }), 2800);
   return out;
 }
 
-const results = document.getElementById("results");
-try {
-  results.textContent = JSON.stringify({ ok: true, ...(await machinesScenario()) });
-} catch (err) {
-  results.textContent = JSON.stringify({ ok: false, error: `${err}\n${err.stack}` });
-}

@@ -1,5 +1,6 @@
-"""js/machines.js in headless Chromium with a fake anywidget model (`machines.html` +
-`machines_harness.js`); the page writes what it saw as JSON, read back from `--dump-dom`."""
+"""The MachinePanel's module, as anywidget gets it, in headless Chromium with a fake anywidget
+model (`harness.html?scenario=machines`, `machines_harness.js`); the page writes what it saw as
+JSON, read back from `--dump-dom`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ B = "761af3a7-1b2c-4d5e-8f90-a1b2c3d4e5f6"
 
 
 def test_machine_panel_in_a_browser(server: str, tmp_path: Path) -> None:
-    r = run_page(server, "machines.html", tmp_path, budget_ms=30000)
+    r = run_page(server, "harness.html?scenario=machines", tmp_path, budget_ms=30000)
     steps = r["steps"]
 
     assert r["header"] == ["Machine", "Type", "Status", "Uptime", "Est. cost", "Time left", ""]

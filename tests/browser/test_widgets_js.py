@@ -1,4 +1,4 @@
-"""The widgets' real ES modules in headless Chromium, with a fake anywidget model.
+"""The widgets' ES modules, as anywidget gets them, in headless Chromium with a fake anywidget model.
 
 `harness.html` + `harness.js` render a widget, drive it (trait changes, clicks, keys, kernel
 replies) and write what they saw as JSON into the page; we read it from `--dump-dom`.
