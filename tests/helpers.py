@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -57,3 +58,32 @@ def run_cell(ip: InteractiveShell, cell: str, capsys: pytest.CaptureFixture[str]
     for secret in secrets:
         assert secret not in text
     return result, text
+
+
+class Replies:
+    """An `httpx.MockTransport` handler playing a script: replies `(status, body, headers)` in order
+    (the last one repeats; a bytes body is sent as a PNG), an exception raised as that attempt's
+    network failure. `seen` lists the methods of the requests, `requests` the requests."""
+
+    def __init__(self, *replies: tuple[int, Any, dict[str, str]] | Exception) -> None:
+        self.replies = list(replies)
+        self.requests: list[httpx.Request] = []
+
+    @property
+    def seen(self) -> list[str]:
+        return [request.method for request in self.requests]
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if isinstance(reply, Exception):
+            raise reply
+        status, body, headers = reply
+        if isinstance(body, bytes):
+            return httpx.Response(status, content=body, headers={"content-type": "image/png", **headers})
+        if isinstance(body, str) and "content-type" in headers:
+            return httpx.Response(status, text=body, headers=headers)
+        if isinstance(body, str):
+            return httpx.Response(status, text=body)
+        return httpx.Response(status, json=body, headers=headers) if body is not None else (
+            httpx.Response(status, headers=headers))
