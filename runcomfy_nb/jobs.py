@@ -216,7 +216,9 @@ class Job:
 
     `await job.result(timeout=…)` returns a `JobResult` or raises `JobFailed`, `JobCancelled`
     or `JobTimeout` (a timeout cancels the remote job unless `cancel_on_timeout=False`).
-    `async for event in job.events()` replays past events, then follows new ones.
+    `async for event in job.events()` replays past events, then follows new ones. Of the sampler
+    previews the history keeps only the latest (`previews_seen` counts them all), so a job's memory
+    stays bounded; subscribers and `events()` that follow a job live see every one.
     """
 
     def __init__(self, backend: JobBackend, *, kind: str, id: str, label: str = "") -> None:
@@ -237,6 +239,8 @@ class Job:
         self._result: JobResult | None = None
         self._cancelling: asyncio.Task[bool] | None = None
         self._history: list[Event] = []
+        self._preview_at: int | None = None  # where the latest Preview is in the history
+        self.previews_seen = 0
         self._subscribers: list[Subscriber] = []
         self._changed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
@@ -268,14 +272,18 @@ class Job:
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
 
     async def events(self) -> AsyncIterator[Event]:
-        seen = 0
-        while True:
-            while seen < len(self._history):
-                seen += 1
-                yield self._history[seen - 1]
-            if self._task.done():
-                return
-            await self._changed.wait()
+        """The history, then every new event until the job ends (in the job's loop)."""
+        pending: deque[Event] = deque()
+        unsubscribe = self.subscribe(lambda _job, event: pending.append(event))
+        try:
+            while True:
+                while pending:
+                    yield pending.popleft()
+                if self._task.done():
+                    return
+                await self._changed.wait()
+        finally:
+            unsubscribe()
 
     def emit(self, event: Event) -> None:
         """Record an event and tell subscribers (called by backends)."""
@@ -300,7 +308,7 @@ class Job:
             self.emit(Started(at=event.at))
         if self.status.terminal:
             self.finished_at = event.at
-        self._history.append(event)
+        self._record(event)
         for callback in list(self._subscribers):
             try:
                 callback(self, event)
@@ -308,6 +316,15 @@ class Job:
                 log.exception("job subscriber failed")
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def _record(self, event: Event) -> None:
+        """Keep `event` in the history; a Preview replaces the one before it."""
+        if isinstance(event, Preview):
+            self.previews_seen += 1
+            if self._preview_at is not None:
+                del self._history[self._preview_at]
+            self._preview_at = len(self._history)
+        self._history.append(event)
 
     async def _drive(self) -> None:
         try:
