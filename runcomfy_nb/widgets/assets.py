@@ -19,6 +19,7 @@ RELATIVE_IMPORT = re.compile(r"""(?:\bimport|\bfrom)\s*\(?\s*["'](?:\.\.?)?/""")
 # a top-level declaration (our modules declare top-level names at the start of a line)
 _DECLARED = re.compile(r"^(?:export\s+)?(?:async\s+)?(?:function\*?|const|let|var|class)\s+(\w+)", re.M)
 _EXPORTED = re.compile(r"^export\s+(?:async\s+)?(?:function\*?|const|let|class)\s+(\w+)", re.M)
+SHARED_CSS = "shared.css"
 
 
 def asset(name: str) -> Path:
@@ -62,3 +63,7 @@ def esm(name: str) -> str:
     """A widget's `_esm`: the module `name` with its shared imports inlined."""
     return bundle(asset(name))
 
+
+def css(name: str) -> str:
+    """A widget's `_css`: the shared stylesheet, then the widget's own stylesheet `name`."""
+    return "\n".join(asset(file).read_text(encoding="utf-8") for file in (SHARED_CSS, name))

@@ -27,7 +27,7 @@ from ._base import (
     esc,
     frame_count,
 )
-from .assets import asset, esm
+from .assets import css, esm
 
 log = logging.getLogger("runcomfy_nb")
 
@@ -96,7 +96,7 @@ class Gallery(Snapshots, anywidget.AnyWidget):
     """
 
     _esm = esm("gallery.js")
-    _css = asset("gallery.css")
+    _css = css("gallery.css")
 
     items = t.List(t.Dict()).tag(sync=True)
     texts = t.List(t.Unicode()).tag(sync=True)

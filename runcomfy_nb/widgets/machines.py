@@ -25,7 +25,7 @@ from ._base import (
     error_text,
     esc,
 )
-from .assets import asset, esm
+from .assets import css, esm
 
 log = logging.getLogger("runcomfy_nb")
 
@@ -73,7 +73,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
     """
 
     _esm = esm("machines.js")
-    _css = asset("machines.css")
+    _css = css("machines.css")
 
     MIN_REFRESH = 1.0
     EXTEND_BY = "30m"

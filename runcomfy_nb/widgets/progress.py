@@ -26,7 +26,7 @@ from ._base import (
     esc,
     short_id,
 )
-from .assets import asset, esm
+from .assets import css, esm
 
 log = logging.getLogger("runcomfy_nb")
 
@@ -44,7 +44,7 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
     """
 
     _esm = esm("progress.js")
-    _css = asset("progress.css")
+    _css = css("progress.css")
 
     kind = t.Unicode("").tag(sync=True)
     job_id = t.Unicode("").tag(sync=True)

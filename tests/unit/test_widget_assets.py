@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runcomfy_nb.widgets import Gallery, JobProgress, MachinePanel
-from runcomfy_nb.widgets.assets import bundle
+from runcomfy_nb.widgets.assets import asset, bundle
 
 # what a browser would try to resolve against the module's URL (a blob URL in anywidget)
 RELATIVE = re.compile(r"""(?:\bimport\b|\bfrom\b)\s*\(?\s*["'](?:\.|/)""")
@@ -29,6 +29,14 @@ def test_the_esm_anywidget_gets_has_no_relative_import(widget: type) -> None:
     assert not RELATIVE.search(text), RELATIVE.search(text)
     assert text.count("export function element(") == 1  # shared.js, inlined once
     assert "export default" in text
+
+
+@pytest.mark.parametrize(("widget", "own"), [
+    (JobProgress, "progress.css"), (Gallery, "gallery.css"), (MachinePanel, "machines.css")])
+def test_the_css_anywidget_gets_is_the_shared_stylesheet_then_its_own(widget: type, own: str) -> None:
+    text = str(widget._css)
+    assert "\n" in text and "@import" not in text
+    assert text == f"{asset('shared.css').read_text()}\n{asset(own).read_text()}"
 
 
 def write(folder: Path, shared: str, widget: str) -> Path:
