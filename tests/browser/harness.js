@@ -108,6 +108,8 @@ async function progressScenario() {
   cleanup2();
   out.afterCleanup = { listeners: model.listenerCount() + done.listenerCount(), children: el.children.length };
   out.format = [formatDuration(4.23), formatDuration(125), formatDuration(3725)];
+  const seconds = new URLSearchParams(location.search).get("seconds")?.split(",").map(Number) ?? [];
+  out.durations = seconds.map((s) => [formatDuration(s), formatDuration(s, { whole: true })]);
   return out;
 }
 

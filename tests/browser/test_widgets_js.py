@@ -9,11 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from runcomfy_nb.timefmt import format_duration
+
 from .conftest import run_page
 
+# durations where the two formats could part: rounding at one decimal (ties included), the
+# unit boundaries, and a day
+SECONDS = [0, 0.04, 0.05, 0.25, 0.35, 0.75, 1.25, 2.75, 4.23, 4.7, 9.95, 59.94, 59.95, 59.96, 59.99, 60, 61.5,
+           125, 3599.9, 3600, 3725, 86400 + 61]
 
-def run_scenario(server: str, scenario: str, tmp_path: Path) -> dict[str, Any]:
-    return run_page(server, f"harness.html?scenario={scenario}", tmp_path, budget_ms=10000)
+
+def run_scenario(server: str, scenario: str, tmp_path: Path, query: str = "") -> dict[str, Any]:
+    return run_page(server, f"harness.html?scenario={scenario}{query}", tmp_path, budget_ms=10000)
 
 
 def bar(state: dict[str, Any]) -> tuple[float | None, str | None, bool]:
@@ -92,3 +99,10 @@ def test_gallery_widget_in_a_browser(server: str, tmp_path: Path) -> None:
 
     assert r["updated"]["tiles"] == 2 and not r["updated"]["loadingShown"]
     assert r["afterCleanup"] == {"lightbox": None, "listeners": 0, "children": 0}
+
+
+def test_durations_read_the_same_in_the_browser_as_in_python(server: str, tmp_path: Path) -> None:
+    r = run_scenario(server, "progress", tmp_path, "&seconds=" + ",".join(map(str, SECONDS)))
+    expected = [[format_duration(s), format_duration(s, whole=True)] for s in SECONDS]
+    assert len(r["durations"]) == len(SECONDS)
+    assert dict(zip(SECONDS, r["durations"], strict=True)) == dict(zip(SECONDS, expected, strict=True))
