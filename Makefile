@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: demo test lint bench clean chromium
+.PHONY: demo test lint bench clean chromium stubs
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ test: $(READY) chromium lint
 bench: $(READY)
 	$(BIN)/python benchmarks/polling.py
 	$(BIN)/python benchmarks/comfyui_ws.py
+
+stubs: $(READY)  # runcomfy_nb/facade.pyi, the blocking facade's types, from the async classes
+	$(BIN)/python scripts/make_stubs.py
 
 clean:
 	rm -rf $(VENV) build

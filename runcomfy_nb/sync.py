@@ -87,11 +87,17 @@ class _Running:
 def _is_async_object(value: Any) -> bool:
     if value is None or isinstance(value, (str, bytes, int, float, bool, dict, type)):
         return False
-    return _has_async_methods(type(value))
+    return is_async_class(type(value))
+
+
+def is_async_class(cls: type) -> bool:
+    """True when instances of `cls` have coroutine or async-generator methods: `wrap` shows them
+    as `Blocking` views (and the stub generator, scripts/make_stubs.py, types them so)."""
+    return _has_async_methods(cls)
 
 
 @functools.cache
-def _has_async_methods(cls: type) -> bool:
+def _has_async_methods(cls: Any) -> bool:  # Any: a class is hashable, mypy's `type` is not
     return any(
         inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
         for _, member in inspect.getmembers(cls, inspect.isfunction)
@@ -99,6 +105,8 @@ def _has_async_methods(cls: type) -> bool:
 
 
 def wrap(value: Any) -> Any:
+    """`value` as the blocking facade returns it: async objects (also inside lists and tuples)
+    become `Blocking` views; anything else is returned as it is."""
     if isinstance(value, list):
         return [wrap(v) for v in value]
     if isinstance(value, tuple):
@@ -174,10 +182,12 @@ def unwrap(value: Any) -> Any:
 
 
 def blocking_class(async_cls: type, doc: str) -> type:
-    """A class whose instances are `Blocking` views of `async_cls(...)` made on the loop."""
+    """A class whose instances are `Blocking` views of `async_cls(...)` made on the loop; its
+    signature is `async_cls`'s (its types are in the generated stub, facade.pyi)."""
 
     def __init__(self: Blocking, *args: Any, **kwargs: Any) -> None:
         Blocking.__init__(self, call(lambda: async_cls(*args, **kwargs)))
 
     return type(async_cls.__name__.removeprefix("Async"), (Blocking,),
-                {"__init__": __init__, "__doc__": doc, "__slots__": ()})
+                {"__init__": __init__, "__doc__": doc, "__slots__": (),
+                 "__signature__": inspect.signature(async_cls)})

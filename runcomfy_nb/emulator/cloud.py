@@ -75,7 +75,7 @@ from . import comfyui
 from . import faults as faults_
 from .comfyui import FOLDER_TYPES, SENSITIVE_EXTRA_DATA_KEYS, Item, NodeFailure, Socket
 from .envelope import origin
-from .serverless import serve_file
+from .storage import serve_file
 
 BASE = "/cloud"
 API = f"{BASE}/api"

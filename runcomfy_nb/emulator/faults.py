@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -96,7 +97,7 @@ class Faults:
         with self._lock:
             return list(self._armed)
 
-    def take(self, target: str, operation: str, names: set[str] | None = None) -> Fault | None:
+    def take(self, target: str, operation: str, names: Collection[str] | None = None) -> Fault | None:
         """The first armed fault matching, its count used up by one."""
         with self._lock:
             for fault in self._armed:
@@ -138,7 +139,7 @@ async def reply(request: web.Request, fault: Fault | None) -> web.StreamResponse
     return None
 
 
-def drop(request: web.Request) -> None:
+def drop(request: web.Request) -> NoReturn:
     """Close the connection without an answer (the client sees it end mid-exchange)."""
     if request.transport is not None:
         request.transport.abort()

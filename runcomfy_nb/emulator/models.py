@@ -47,15 +47,9 @@ from aiohttp import web
 from . import faults as faults_
 from . import synth, validation
 from .envelope import absolute, error, iso, origin, with_nulls
-from .serverless import (
-    DEFAULT_FAILURE,
-    RESULT_OPTIONAL,
-    STATUS_OPTIONAL,
-    Pool,
-    run_in_pool,
-    serve_file,
-    take_submit,
-)
+from .pool import DEFAULT_FAILURE, RESULT_OPTIONAL, STATUS_OPTIONAL, Pool, run_in_pool, taken
+from .routing import Refused, Route, mount
+from .storage import serve_file
 
 SIZES = {"21:9": (672, 288), "16:9": (512, 288), "4:3": (512, 384), "1:1": (512, 512), "3:4": (384, 512),
          "9:16": (288, 512), "9:21": (288, 672)}
@@ -254,7 +248,8 @@ def register(app: web.Application, state: Any) -> None:
         models.add(entry)
     app[KEY] = models
     state.bearer_prefixes.append("/v1/")
-    app.add_routes(routes(models))
+    api = ModelAPI(models)
+    mount(app, api, api.routes())
 
 
 def _urls(request: web.Request, rid: str) -> dict[str, str]:
@@ -266,33 +261,58 @@ def _flag(value: str | None) -> bool:
     return str(value).lower() in ("1", "true", "yes")
 
 
-def routes(models: Models) -> web.RouteTableDef:
-    table = web.RouteTableDef()
-    faults = models.faults
+class ModelAPI:
+    """The Model API's handlers over `models`, and its table."""
 
-    def lookup(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+    fault_names = faults_.REQUEST_FAULTS
+
+    def __init__(self, models: Models) -> None:
+        self.models = models
+
+    @property
+    def faults(self) -> faults_.Faults:
+        return self.models.faults
+
+    async def fault_reply(self, request: web.Request, fault: faults_.Fault) -> web.StreamResponse | None:
+        return await faults_.reply(request, fault)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("GET", "/v1/models", self.catalog, "status", self.catalog_reads),
+            Route("GET", "/v1/models/categories", self.categories, "status", self.catalog_reads),
+            Route("GET", "/v1/models/{model_id:.+}", self.describe, "status", self.model),
+            Route("POST", "/v1/models/{model_id:.+}", self.submit, "submit", self.model, after_taken=True),
+            Route("GET", "/v1/requests/{rid}/status", self.status, "status", self.request_named),
+            Route("GET", "/v1/requests/{rid}/result", self.result, "result", self.request_named),
+            Route("POST", "/v1/requests/{rid}/cancel", self.cancel, "cancel", self.request_named),
+            Route("GET", "/storage/models/{rid}/{filename}", self.output_file),
+        ]
+
+    # --- what a route works on ---------------------------------------------------------------
+    async def catalog_reads(self, request: web.Request) -> tuple[None, str]:
+        return None, "catalog"
+
+    async def model(self, request: web.Request) -> tuple[dict[str, Any], str]:
+        """The model a call names, or Refused: 400 for an id without '/', 404 for an unknown one."""
         model_id = request.match_info["model_id"]
         if "/" not in model_id.strip("/"):
-            return None, error(400, 400001, f"InvalidResourceIdentifier: {model_id!r} is not a model id "
-                                            "(owner/model/...)")
-        model = models.models.get(model_id)
-        return (model, None) if model else (None, error(404, 400001, "InvalidResourceIdentifier: "
-                                                                     f"unknown model_id {model_id!r}"))
+            raise Refused(error(400, 400001, f"InvalidResourceIdentifier: {model_id!r} is not a model id "
+                                             "(owner/model/...)"))
+        model = self.models.models.get(model_id)
+        if model is None:
+            raise Refused(error(404, 400001, f"InvalidResourceIdentifier: unknown model_id {model_id!r}"))
+        return model, model_id
 
-    async def target(request: web.Request, operation: str) -> tuple[Any, web.StreamResponse | None]:
-        """The request a call names, or the error (or fault) to answer with."""
-        job = models.requests.get(request.match_info["rid"])
-        fault = faults.take(job.model if job else "*", operation, faults_.REQUEST_FAULTS)
-        if reply := await faults_.reply(request, fault):
-            return None, reply
-        if job is None:
-            return None, error(404, 404001, "ResourceNotFound: request not found")
-        return job, None
+    async def request_named(self, request: web.Request) -> tuple[ModelRequest | None, str]:
+        """The request a call names (None: unknown, a 404 once the faults had their turn)."""
+        job = self.models.requests.get(request.match_info["rid"])
+        return job, job.model if job else "*"
 
-    @table.get("/v1/models")
-    async def catalog(request: web.Request) -> web.StreamResponse:
-        if reply := await faults_.reply(request, faults.take("catalog", "status", faults_.REQUEST_FAULTS)):
-            return reply
+    def nulls(self, job: ModelRequest, operation: str) -> bool:
+        return bool(self.faults.take(job.model, operation, {"nulls"}))
+
+    # --- the catalog ---------------------------------------------------------------------------
+    async def catalog(self, request: web.Request, _: None) -> web.StreamResponse:
         query = request.query
         try:
             limit = int(query.get("limit", 50))
@@ -302,60 +322,39 @@ def routes(models: Models) -> web.RouteTableDef:
         if not (1 <= limit <= 200 and offset >= 0):
             return error(400, 400000, "limit must be 1..200 and offset at least 0")
         search = query.get("search", "").strip().lower()
-        found = [m for m in models.models.values()
+        found = [m for m in self.models.models.values()
                  if (not search or search in " ".join((m["model_id"], m["display_name"],
                                                        m["description"])).lower())
                  and (not query.get("category") or query["category"] in m["categories"])
                  and (not query.get("kind") or query["kind"] == m["kind"])]
         include = _flag(query.get("include_schema"))
-        return web.json_response({"models": [models.entry(m, include) for m in found[offset:offset + limit]],
-                                  "total": len(found)})
+        page = [self.models.entry(m, include) for m in found[offset:offset + limit]]
+        return web.json_response({"models": page, "total": len(found)})
 
-    @table.get("/v1/models/categories")
-    async def categories(request: web.Request) -> web.StreamResponse:
-        if reply := await faults_.reply(request, faults.take("catalog", "status", faults_.REQUEST_FAULTS)):
-            return reply
-        names = sorted({c for m in models.models.values() for c in m["categories"]})
+    async def categories(self, request: web.Request, _: None) -> web.StreamResponse:
+        names = sorted({c for m in self.models.models.values() for c in m["categories"]})
         return web.json_response({"categories": names})
 
-    @table.get("/v1/models/{model_id:.+}")
-    async def describe(request: web.Request) -> web.StreamResponse:
-        model, missing = lookup(request)
-        if missing:
-            return missing
-        if reply := await faults_.reply(request, faults.take(model["model_id"], "status",
-                                                             faults_.REQUEST_FAULTS)):
-            return reply
-        return web.json_response(models.entry(model, include_schema=True))
+    async def describe(self, request: web.Request, model: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response(self.models.entry(model, include_schema=True))
 
-    @table.post("/v1/models/{model_id:.+}")
-    async def submit(request: web.Request) -> web.StreamResponse:
-        model, missing = lookup(request)
-        if missing:
-            return missing
-        job, refusal = await take_submit(request, faults, model["model_id"], partial(models.create, model))
-        if refusal:
-            return refusal
+    # --- requests ------------------------------------------------------------------------------
+    async def submit(self, request: web.Request, model: dict[str, Any]) -> web.StreamResponse:
+        job = await taken(request, partial(self.models.create, model))
         return web.json_response({"request_id": job.id, **_urls(request, job.id)})
 
-    @table.get("/v1/requests/{rid}/status")
-    async def status(request: web.Request) -> web.StreamResponse:
-        job, refusal = await target(request, "status")
-        if refusal:
-            return refusal
+    async def status(self, request: web.Request, job: ModelRequest | None) -> web.StreamResponse:
+        job = _known(job)
         word = "completed" if job.status in ("succeeded", "failed") else job.status
         body: dict[str, Any] = {"request_id": job.id, "status": word}
         if job.status == "in_queue":
-            body["queue_position"] = models.queue_position(job)
+            body["queue_position"] = self.models.queue_position(job)
         urls = _urls(request, job.id)
         body.update(status_url=urls["status_url"], result_url=urls["result_url"])
-        return with_nulls(body, STATUS_OPTIONAL, bool(faults.take(job.model, "status", {"nulls"})))
+        return with_nulls(body, STATUS_OPTIONAL, self.nulls(job, "status"))
 
-    @table.get("/v1/requests/{rid}/result")
-    async def result(request: web.Request) -> web.StreamResponse:
-        job, refusal = await target(request, "result")
-        if refusal:
-            return refusal
+    async def result(self, request: web.Request, job: ModelRequest | None) -> web.StreamResponse:
+        job = _known(job)
         body: dict[str, Any] = {"request_id": job.id, "status": job.status, "created_at": iso(job.created)}
         if job.status == "succeeded":
             body["output"] = absolute(job.output, origin(request))
@@ -363,22 +362,22 @@ def routes(models: Models) -> web.RouteTableDef:
             body["error"] = job.error
         if job.done and job.finished_wall is not None:
             body["finished_at"] = iso(job.finished_wall)
-        return with_nulls(body, RESULT_OPTIONAL, bool(faults.take(job.model, "result", {"nulls"})))
+        return with_nulls(body, RESULT_OPTIONAL, self.nulls(job, "result"))
 
-    @table.post("/v1/requests/{rid}/cancel")
-    async def cancel(request: web.Request) -> web.StreamResponse:
-        job, refusal = await target(request, "cancel")
-        if refusal:
-            return refusal
-        outcome = "cancelled" if models.cancel(job) else "not_cancellable"
+    async def cancel(self, request: web.Request, job: ModelRequest | None) -> web.StreamResponse:
+        job = _known(job)
+        outcome = "cancelled" if self.models.cancel(job) else "not_cancellable"
         return web.json_response({"request_id": job.id, "status": "completed", "outcome": outcome},
                                  status=202)
 
-    @table.get("/storage/models/{rid}/{filename}")
-    async def output_file(request: web.Request) -> web.StreamResponse:
+    async def output_file(self, request: web.Request, _: None) -> web.StreamResponse:
         rid, filename = request.match_info["rid"], request.match_info["filename"]
-        job = models.requests.get(rid)
-        return await serve_file(request, models.state, models.files.get((rid, filename)),
+        job = self.models.requests.get(rid)
+        return await serve_file(request, self.models.state, self.models.files.get((rid, filename)),
                                 job.model if job else "*")
 
-    return table
+
+def _known(job: ModelRequest | None) -> ModelRequest:
+    if job is None:
+        raise Refused(error(404, 404001, "ResourceNotFound: request not found"))
+    return job

@@ -85,7 +85,7 @@ def config(magics: Any, line: str, cell: str | None) -> None:
     except ValueError as exc:
         raise UsageError(f"Could not read the settings: {exc}.") from None
     if not words:
-        rows = list(SESSION.config.masked().items())
+        rows: list[tuple[str, ...]] = list(SESSION.config.masked().items())
         rows.append(("emulator", "running (local)" if SESSION.emulator else "off"))
         show_table(rows, ("setting", "value"))
         return

@@ -1,0 +1,97 @@
+"""Route tables: each emulated API lists its routes as `Route(method, path, handler, on=...)` rows and
+`mount` registers them, applying the request faults (faults.py) the one way every route shares.
+
+A row's `enter(request)` resolves what the handler works on and the fault target, in that order of
+checks the real service makes before it looks at faults (an unknown deployment, a wrong key, ...):
+it returns `(context, target)` or raises `Refused(response)`. Then, for a row with an operation
+`on`, the first request fault armed for `(target, on)` answers instead of the handler — except, on a
+row with `after_taken`, a `drop` or `delay`, which act only after the handler answered 200 (the job
+was taken and the reply is lost or late). Handlers get `(request, context)`, may raise `Refused` too,
+and return the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from .faults import Fault, Faults
+
+Handler = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
+Enter = Callable[[web.Request], Awaitable[tuple[Any, str]]]
+LATE_FAULTS = ("drop", "delay")
+
+
+class Refused(Exception):
+    """Raised by a route's lookups: answer `response` instead of going on."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+async def no_context(request: web.Request) -> tuple[None, str]:
+    """The default `enter`: nothing to resolve, faults armed for any target ("*") apply."""
+    return None, "*"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of a route table."""
+
+    method: str
+    path: str
+    handler: Handler
+    on: str | None = None  # the fault operation its request faults are armed on (None: none apply)
+    enter: Enter = no_context
+    after_taken: bool = False  # drop / delay act after a 200 answer (a submit whose reply is lost)
+
+
+class Service(Protocol):
+    """What `mount` needs of an emulated API: its faults, which of them it answers, and how."""
+
+    @property
+    def faults(self) -> Faults: ...
+
+    @property
+    def fault_names(self) -> Collection[str]: ...
+
+    async def fault_reply(self, request: web.Request, fault: Fault) -> web.StreamResponse | None:
+        """The answer a request fault sends instead (None: go on, e.g. a `delay` waited out)."""
+        ...
+
+
+def mount(app: web.Application, service: Service, routes: Iterable[Route]) -> None:
+    """Register each row of `routes` on `app`, its handler wrapped by `serve`."""
+    for route in routes:
+        app.router.add_route(route.method, route.path, _serving(service, route))
+
+
+def _serving(service: Service, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await serve(service, route, request)
+
+    handle.__name__ = getattr(route.handler, "__name__", "handle")
+    return handle
+
+
+async def serve(service: Service, route: Route, request: web.Request) -> web.StreamResponse:
+    """One request along its row: enter, the fault switch, the handler (and a late fault)."""
+    try:
+        context, target = await route.enter(request)
+        late = None
+        if route.on is not None:
+            fault = service.faults.take(target, route.on, service.fault_names)
+            if fault is not None and route.after_taken and fault.name in LATE_FAULTS:
+                late = fault
+            elif fault is not None and (answer := await service.fault_reply(request, fault)):
+                return answer
+        response = await route.handler(request, context)
+    except Refused as refused:
+        return refused.response
+    if late is not None and response.status == 200:
+        await service.fault_reply(request, late)
+    return response
