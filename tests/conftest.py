@@ -1,18 +1,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import stamina
 
 import runcomfy_nb as rc
-from runcomfy_nb.emulator import Emulator
 
 from .helpers import TOKEN
+
+if TYPE_CHECKING:  # imported by the fixtures that start one: the unit tests need no emulator
+    from runcomfy_nb.emulator import Emulator
 
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:
+    from runcomfy_nb.emulator import Emulator
+
     with Emulator(speed=20.0, token=TOKEN) as emu:
         yield emu
 

@@ -1,30 +1,55 @@
-"""What the tests share besides fixtures: the emulator's token, waiting for a condition, counting
-submits, and an IPython shell with the extension loaded."""
+"""What the tests share besides fixtures: the emulator's token, waiting for a condition (`wait_for`
+in blocking code, `until` in async code), counting submits, an IPython shell with the extension
+loaded, and a script of HTTP replies for an `httpx.MockTransport`."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from runcomfy_nb.emulator import Emulator
+if TYPE_CHECKING:
+    from runcomfy_nb.emulator import Emulator
 
 TOKEN = "rc_test_token_SENTINEL_5f2b9c0e7a"
+POLL = 0.02  # seconds between two looks at a condition
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll `check` until it returns something true (returned), failing after `timeout` s."""
+def _timed_out(timeout: float, what: str, check: Callable[..., Any]) -> AssertionError:
+    return AssertionError(f"timed out after {timeout:g} s waiting for {what or check}")
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Blocking: poll `check` until it returns something true, and return that; AssertionError
+    (naming `what`) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not (value := check()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {check}")
-        time.sleep(0.05)
+            raise _timed_out(timeout, what, check)
+        time.sleep(POLL)
     return value
+
+
+async def until(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Async: poll `check` (a function, or a coroutine function) until it returns something true,
+    and return that; AssertionError (naming `what`) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise _timed_out(timeout, what, check)
+        await asyncio.sleep(POLL)
 
 
 def posts(emulator: Emulator, deployment: str) -> int:

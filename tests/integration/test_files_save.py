@@ -1,5 +1,5 @@
 """Saving outputs: never over an existing file, into `output_dir` by default, automatically with
-auto-save; output names that keep their extension and avoid Windows device names."""
+auto-save. (Safe output names are unit tests: tests/unit/test_media.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import runcomfy_nb as rc
 from runcomfy_nb.jobs import JobResult
-from runcomfy_nb.media import Media, safe_filename
+from runcomfy_nb.media import Media
 
 FLUX = "dep-flux-kontext"
 SHARED = "ComfyUI_00001_.png"  # ComfyUI names the first image of every run this way
@@ -70,21 +70,3 @@ async def test_auto_save_downloads_each_finished_job(client: rc.AsyncRunComfy, t
     assert sorted(m.filename for m in result.media) == saved
     said = capsys.readouterr().out
     assert str(folder) in said and all(name in said for name in saved)
-
-
-def test_long_names_keep_their_extension() -> None:
-    name = "x" * 300 + ".png"
-    short = safe_filename(name)
-    assert short.endswith(".png") and len(short) <= 180
-    media = Media.from_url(f"https://storage.example/out/{name}")
-    assert media.kind == "image" and media.filename == short
-
-
-@pytest.mark.parametrize(("name", "safe"), [
-    ("CON.png", "_CON.png"), ("con", "_con"), ("nul.tar.gz", "_nul.tar.gz"), ("Com1.webp", "_Com1.webp"),
-    ("LPT9.mp4", "_LPT9.mp4"), ("aux .png", "_aux .png"), ("CONSOLE.png", "CONSOLE.png"),
-    ("com10.png", "com10.png"), ("prn_1.png", "prn_1.png"),
-])
-def test_windows_device_names_are_renamed(name: str, safe: str) -> None:
-    assert safe_filename(name) == safe
-
