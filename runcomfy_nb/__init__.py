@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -92,6 +93,7 @@ def __dir__() -> list[str]:
 def load_ipython_extension(ipython: Any) -> None:
     from .magics import load
 
+    register_display(ipython)
     load(ipython)
 
 
@@ -99,3 +101,27 @@ def unload_ipython_extension(ipython: Any) -> None:
     from .magics import unload
 
     unload(ipython)
+
+
+# --- display: the core imports no widget; IPython shows a JobResult as a Gallery ---------------
+
+
+def _result_as_gallery(result: Any) -> Any:
+    """IPython's printer for a JobResult: its media and text as a `Gallery`."""
+    from .widgets import Gallery
+
+    return Gallery(result.media, text=result.text)._repr_mimebundle_()
+
+
+def register_display(ipython: Any = None) -> None:
+    """Have `ipython` (default: the running shell, if any) show each JobResult as a Gallery. It
+    costs nothing: the widgets are imported when the first JobResult is shown."""
+    if ipython is None:
+        running = sys.modules.get("IPython")
+        ipython = running.get_ipython() if running is not None else None
+    formatter = getattr(getattr(ipython, "display_formatter", None), "mimebundle_formatter", None)
+    if formatter is not None:
+        formatter.for_type_by_name("runcomfy_nb.events", "JobResult", _result_as_gallery)
+
+
+register_display()

@@ -1,7 +1,9 @@
 """Every kind of run as one `Job`: a lifecycle, a stream of events, a result and a cancel.
 
 Each client supplies a `JobBackend` that drives the run (by polling or a WebSocket) and emits
-events; widgets, magics and the journal only consume them.
+events; widgets, magics and the journal only consume them. The events and the `JobResult` are in
+`events`, the `Status` in `status`, the contact timeout in `contact`; their names are importable
+from here too.
 """
 
 from __future__ import annotations
@@ -9,174 +11,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from enum import Enum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
+from .contact import Contact, contact_timeout
 from .errors import ContactLost, JobCancelled, JobError, JobFailed, JobTimeout, transient
+from .events import (
+    Event,
+    Failed,
+    Finished,
+    JobResult,
+    NodeStarted,
+    Output,
+    Preview,
+    Progress,
+    Queued,
+    Started,
+)
 from .media import auto_save
-
-if TYPE_CHECKING:
-    from .media import Media
+from .status import Status, failure_message, parse_status
 
 log = logging.getLogger("runcomfy_nb")
-
-
-class Status(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
-
-
-# --- events ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Event:
-    """Base of all job events; `at` is the wall-clock time it was emitted."""
-
-    at: float = field(default_factory=time.time, kw_only=True)
-
-
-@dataclass(frozen=True)
-class Queued(Event):
-    position: int | None = None
-
-
-@dataclass(frozen=True)
-class Started(Event):
-    pass
-
-
-@dataclass(frozen=True)
-class NodeStarted(Event):
-    node: str
-    title: str = ""
-
-
-@dataclass(frozen=True)
-class Progress(Event):
-    value: float
-    max: float
-    node: str | None = None
-
-
-@dataclass(frozen=True)
-class Preview(Event):
-    data: bytes = field(repr=False)
-    mime: str = "image/jpeg"
-    node: str | None = None
-
-
-@dataclass(frozen=True)
-class Output(Event):
-    media: Media
-
-
-@dataclass(frozen=True)
-class Finished(Event):
-    result: JobResult
-
-
-@dataclass(frozen=True)
-class Failed(Event):
-    """The job ended without a result: `error` is a JobFailed, JobCancelled or other error."""
-
-    error: Exception
-
-
-# --- result ------------------------------------------------------------------------------------
-
-
-@dataclass
-class JobResult:
-    """What a finished job produced: media items, any text outputs, and the raw reply."""
-
-    job_id: str
-    media: list[Media] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def images(self) -> list[Media]:
-        return [m for m in self.media if m.kind == "image"]
-
-    @property
-    def videos(self) -> list[Media]:
-        return [m for m in self.media if m.kind == "video"]
-
-    async def save(self, directory: str | Path | None = None) -> list[Path]:
-        """Download every media item into `directory` (default: the `output_dir` setting); returns
-        the paths written. No file is overwritten: a taken name gets a ` (1)` suffix (see `Media.save`)."""
-        return [await m.save(directory) for m in self.media]
-
-    def __repr__(self) -> str:
-        kinds: dict[str, int] = {}
-        for m in self.media:
-            kinds[m.kind] = kinds.get(m.kind, 0) + 1
-        parts = [f"{n} {k}{'s' if n > 1 else ''}" for k, n in kinds.items()]
-        parts += [f"{len(self.text)} text"] if self.text else []
-        return f"<JobResult {self.job_id}: {', '.join(parts) or 'no outputs'}>"
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from .widgets import Gallery
-
-        return Gallery(self.media, text=self.text)._repr_mimebundle_(include, exclude)
-
-
-# --- contact with the server -------------------------------------------------------------------
-
-CONTACT_TIMEOUT = 60.0
-
-
-def contact_timeout() -> float:
-    """Seconds a job may go without any answer from its server before it is given up here:
-    `RUNCOMFY_CONTACT_TIMEOUT` (read at each call), else 60."""
-    try:
-        value = float(os.environ.get("RUNCOMFY_CONTACT_TIMEOUT", "") or CONTACT_TIMEOUT)
-    except ValueError:
-        return CONTACT_TIMEOUT
-    return value if value > 0 else CONTACT_TIMEOUT
-
-
-class Contact:
-    """When a job's server last answered. A backend calls `answered()` on every reply (a status,
-    a WebSocket frame) and `check()` after every failed attempt: once `limit` seconds passed
-    without an answer, `check()` raises ContactLost, which ends the job here (not there)."""
-
-    def __init__(self, service: str, job_id: str, reattach: str, limit: float | None = None) -> None:
-        self.service, self.job_id, self.reattach = service, job_id, reattach
-        self.limit = contact_timeout() if limit is None else limit
-        self.last = time.time()
-
-    def answered(self) -> None:
-        self.last = time.time()
-
-    @property
-    def silent(self) -> float:
-        return time.time() - self.last
-
-    def check(self) -> None:
-        if self.silent > self.limit:
-            since = time.strftime("%H:%M:%S", time.localtime(self.last))
-            raise ContactLost(
-                f"Lost contact with the {self.service} since {since} (no answer for "
-                f"{self.silent:.0f} s); job {self.job_id} may still be running there: re-attach "
-                f"with {self.reattach} once it answers again.", job_id=self.job_id)
-
-
-# --- job ---------------------------------------------------------------------------------------
 
 
 class JobBackend(Protocol):
@@ -237,7 +94,7 @@ class Job:
         self.finished_at: float | None = None
         self._backend = backend
         self._result: JobResult | None = None
-        self._cancelling: asyncio.Task[bool] | None = None
+        self._cancelling: asyncio.Task[str] | None = None
         self._history: list[Event] = []
         self._preview_at: int | None = None  # where the latest Preview is in the history
         self.previews_seen = 0
@@ -448,54 +305,6 @@ class Job:
     def detach(self) -> None:
         """Stop following the job here; the remote run goes on."""
         self._task.cancel()
-
-
-_RAW_STATUS = {
-    "in_queue": Status.QUEUED, "queued": Status.QUEUED, "pending": Status.QUEUED,
-    "waiting_to_dispatch": Status.QUEUED, "submitted": Status.QUEUED,
-    "queued_waiting": Status.QUEUED,
-    "in_progress": Status.RUNNING, "running": Status.RUNNING, "preparing": Status.RUNNING,
-    "executing": Status.RUNNING, "cancel_requested": Status.RUNNING,
-    "cancellation_requested": Status.RUNNING,
-    "succeeded": Status.SUCCEEDED, "success": Status.SUCCEEDED,
-    "failed": Status.FAILED, "error": Status.FAILED, "non_retryable_error": Status.FAILED,
-    "lost": Status.FAILED,
-    "cancelled": Status.CANCELLED, "canceled": Status.CANCELLED,
-}
-_unknown_logged: set[str] = set()
-
-
-def parse_status(raw: Any, *, completed: Status | None = None) -> Status | None:
-    """The unified status of a raw API spelling (case-insensitive). `completed` is what the API
-    means by "completed" (None: finished, outcome unknown). Unknown spellings count as running."""
-    text = str(raw or "").strip().lower()
-    if text == "completed":
-        return completed
-    if text in _RAW_STATUS:
-        return _RAW_STATUS[text]
-    if text not in _unknown_logged:
-        _unknown_logged.add(text)
-        log.warning("unknown job status %r, treated as running", text)
-    return Status.RUNNING
-
-
-def failure_message(error: Any) -> str:
-    """Readable text of an error body that may be an object, a list or a string."""
-    if error is None:
-        return "no error details were given"
-    if isinstance(error, str):
-        return error
-    if isinstance(error, list):
-        return "; ".join(failure_message(e) for e in error) or "no error details were given"
-    if isinstance(error, dict):
-        message = next(
-            (error[k] for k in ("message", "error_message", "exception_message", "error") if error.get(k)),
-            None,
-        )
-        kind = error.get("type") or error.get("exception_type") or error.get("errorCode")
-        text = failure_message(message) if message is not None else str(error)
-        return f"{kind}: {text}" if kind and str(kind) not in text else text
-    return str(error)
 
 
 __all__ = [

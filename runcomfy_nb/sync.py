@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import functools
 import inspect
+import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -165,8 +166,15 @@ class Blocking:
         return hash(self._target)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
-        bundle = getattr(self._target, "_repr_mimebundle_", None)
-        return bundle(include, exclude) if bundle else {"text/plain": repr(self._target)}
+        """The object as the running IPython shows it (with the formatters registered there, e.g. a
+        JobResult as a Gallery); its repr where no IPython runs."""
+        running = sys.modules.get("IPython")
+        formatter = getattr(running.get_ipython() if running else None, "display_formatter", None)
+        if formatter is not None:
+            data, meta = formatter.format(self._target, include=include, exclude=exclude)
+            if data:
+                return data, meta
+        return {"text/plain": repr(self._target)}
 
     def __enter__(self) -> Blocking:
         return self

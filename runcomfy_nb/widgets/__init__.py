@@ -2,11 +2,15 @@
 `MachinePanel` watches (and stops or extends) the machines launched from this kernel.
 
 Each pairs with an ES module and a stylesheet in `js/` and falls back to plain text and static
-HTML where widgets cannot render (nbconvert, GitHub).
+HTML where widgets cannot render (nbconvert, GitHub). Loading them has the running IPython show
+each `JobResult` as a `Gallery` (the core itself imports no display code).
 """
 
+from .. import register_display
 from .gallery import Gallery
 from .machines import MachinePanel
 from .progress import JobProgress
+
+register_display()
 
 __all__ = ["Gallery", "JobProgress", "MachinePanel"]

@@ -13,8 +13,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from IPython.core.formatters import DisplayFormatter
 from PIL import Image
 
+from runcomfy_nb import register_display
 from runcomfy_nb.errors import JobCancelled, JobFailed
 from runcomfy_nb.jobs import Event, Job, JobResult, NodeStarted, Output, Preview, Progress, Queued, Started
 from runcomfy_nb.media import Media, classify
@@ -557,7 +559,9 @@ async def test_full_file_through_the_kernel_on_the_same_loop() -> None:
 def test_job_result_displays_as_a_gallery(thread_loop: asyncio.AbstractEventLoop) -> None:
     fetcher = Fetcher(files(), thread_loop)
     result = JobResult("r1", media=media_for(fetcher, "big.png"), text=["done"])
-    data, _ = result._repr_mimebundle_(None, None)
+    formatter = DisplayFormatter()  # as a shell's: the display layer registers its printer there
+    register_display(SimpleNamespace(display_formatter=formatter))
+    data, _ = formatter.format(result)
     assert "application/vnd.jupyter.widget-view+json" in data
     assert "big.png" in data["text/plain"] and "data:image/jpeg" in data["text/html"]
 
