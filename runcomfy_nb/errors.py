@@ -132,10 +132,11 @@ class JobTimeout(JobError, TimeoutError):
 
 def transient(exc: BaseException) -> bool:
     """True for an error that says nothing about the job itself — the network failed, the server
-    answered 5xx or 429, or an error body came in a 2xx reply — so a poll or a cancel that met it
-    is tried again (within the job's contact timeout) instead of ending the job."""
+    answered 5xx or 429, an error body came in a 2xx reply, or the reply could not be read
+    (UnexpectedReply) — so a poll or a cancel that met it is tried again (within the job's contact
+    timeout) instead of ending the job."""
     if isinstance(exc, SubmitUncertain):
         return False
-    if isinstance(exc, (TransportError, ServerError, RateLimited)):
+    if isinstance(exc, (TransportError, ServerError, RateLimited, UnexpectedReply)):
         return True
     return type(exc) is APIError and exc.status is not None and exc.status < 400

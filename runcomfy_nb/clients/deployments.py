@@ -6,32 +6,19 @@ the deployment reads (list, get) and the instance proxy under `/prod/v2`, the on
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import json
-import logging
-import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 from ..config import Secret
-from ..errors import (
-    APIError,
-    BadRequest,
-    JobCancelled,
-    JobFailed,
-    NotFound,
-    RateLimited,
-    ValidationError,
-    transient,
-)
-from ..jobs import Contact, Job, JobResult, Queued, Started, Status, failure_message, parse_status
-from ..media import Fetcher, Media, media_from_outputs
-from ..polling import DurationModel, PollPlan
+from ..errors import APIError, BadRequest, NotFound, UnexpectedReply, ValidationError
+from ..jobs import Job
+from ..media import Media
+from ..polled import PolledRequests, Request, RequestResult, RequestStatus
 from ..timefmt import parse_timestamp
 from ..transport import Storage, Transport
 from ..workflow import (
@@ -43,8 +30,6 @@ from ..workflow import (
 )
 
 SERVICE = "RunComfy Serverless API"
-T = TypeVar("T")
-log = logging.getLogger("runcomfy_nb")
 V2 = "/prod/v2/deployments"
 # Body-level codes that gate a deployment, and what the user can do about each.
 _GATES = {
@@ -53,30 +38,6 @@ _GATES = {
     10003: "was deleted (DeletedDeployment, 10003): `await client.deployments.list()` shows the "
            "deployments that exist",
 }
-
-
-@dataclass(frozen=True)
-class RequestStatus:
-    """One status reply. `status` is None when the request finished with an unknown outcome."""
-
-    request_id: str
-    status: Status | None
-    raw_status: str
-    queue_position: int | None = None
-    instance_id: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status is None or self.status.terminal
-
-
-@dataclass(frozen=True)
-class RequestResult:
-    request_id: str
-    status: Status | None
-    result: JobResult | None
-    error: str | None
-    duration: float | None  # created_at → finished_at, by the server's clock
 
 
 @dataclass(frozen=True)
@@ -193,16 +154,18 @@ def build_body(
     return body
 
 
-class Deployments:
+class Deployments(PolledRequests):
     """Submit to and follow serverless deployments (`submit` returns a running `Job`); read the
     account's deployments; call the ComfyUI of a live instance through the proxy."""
 
+    service = SERVICE
+    kind = "serverless"
+
     def __init__(self, transport: Transport, storage: Storage, *, version: str = "v1") -> None:
+        super().__init__()
         self._http = transport
         self._storage = storage
-        self.followed: weakref.WeakSet[Job] = weakref.WeakSet()  # detached when the client closes
         self._prefix = f"/prod/{version}/deployments"
-        self._durations: dict[str, DurationModel] = {}
         self._object_info: dict[str, dict[str, Any]] = {}
         self._object_info_of: dict[str, tuple[Any, ...]] = {}  # the deployment version each belongs to
 
@@ -225,9 +188,6 @@ class Deployments:
                 raise
             raise type(exc)(f"{SERVICE}: deployment {deployment_id} {gate}.", status=exc.status,
                             code=exc.code, detail=exc.detail) from None
-
-    def durations(self, deployment_id: str) -> DurationModel:
-        return self._durations.setdefault(deployment_id, DurationModel())
 
     async def submit(
         self,
@@ -260,38 +220,31 @@ class Deployments:
                 body["overrides"] = resolved
         reply = await self._call(deployment_id, "POST", self._path(deployment_id, action="inference"),
                                  json=body, idempotent=False)
-        request_id = reply.get("request_id") if isinstance(reply, dict) else None
-        if not request_id:
-            raise ValidationError(f"{SERVICE} accepted the submit but returned no request_id.")
-        return self.attach(deployment_id, request_id, label=label)
+        return self.attach(deployment_id, self._request_id(reply), label=label)
 
     def attach(self, deployment_id: str, request_id: str, *, label: str | None = None) -> Job:
         """Follow an existing request as a Job (call inside the event loop)."""
-        backend = PolledRun(
-            request_id, status=partial(self.status, deployment_id, request_id),
-            result=partial(self.result, deployment_id, request_id),
-            cancel=partial(self.cancel, deployment_id, request_id),
-            durations=self.durations(deployment_id), what="The deployment run", service=SERVICE,
-            reattach=f"`client.deployments.attach({deployment_id!r}, {request_id!r})`",
-        )
-        job = Job(backend, kind="serverless", id=request_id,
-                   label=label or f"{deployment_id} · {request_id[:8]}")
-        self.followed.add(job)
-        return job
+        return self._follow(self._request(deployment_id, request_id), runs_of=deployment_id,
+                            what="The deployment run", label=label or f"{deployment_id} · {request_id[:8]}",
+                            reattach=f"`client.deployments.attach({deployment_id!r}, {request_id!r})`")
+
+    def _request(self, deployment_id: str, request_id: str) -> Request:
+        def send(method: str, action: str, **kwargs: Any) -> Awaitable[Any]:
+            return self._call(deployment_id, method, self._path(deployment_id, request_id, action),
+                              **kwargs)
+
+        return Request(request_id, send, self._storage)
 
     async def status(self, deployment_id: str, request_id: str) -> RequestStatus:
         """The request's state; `instance_id` (from in_progress on) opens the instance proxy."""
-        return read_status(request_id, await self._call(
-            deployment_id, "GET", self._path(deployment_id, request_id, "status")))
+        return await self._request(deployment_id, request_id).status()
 
     async def result(self, deployment_id: str, request_id: str) -> RequestResult:
-        return read_result(request_id, await self._call(
-            deployment_id, "GET", self._path(deployment_id, request_id, "result")), self._storage)
+        return await self._request(deployment_id, request_id).result()
 
     async def cancel(self, deployment_id: str, request_id: str) -> bool:
         """Ask to cancel; True if accepted. The request may take a moment to stop."""
-        return cancel_accepted(await self._call(
-            deployment_id, "POST", self._path(deployment_id, request_id, "cancel"), idempotent=True))
+        return await self._request(deployment_id, request_id).cancel()
 
     # --- the Deployment API (reads) -------------------------------------------------------------
 
@@ -369,8 +322,8 @@ class Deployments:
         deployment = deployment or await self.get(deployment_id, payload=True)
         url = deployment.payload.object_info_url if deployment.payload else None
         if not url:
-            raise APIError(f"{SERVICE}: deployment {deployment_id} has no object_info_url in its "
-                           "payload (a LoRA deployment has no ComfyUI nodes to check).")
+            raise UnexpectedReply(f"{SERVICE}: deployment {deployment_id} has no object_info_url in its "
+                                  "payload (a LoRA deployment has no ComfyUI nodes to check).")
         base = self._http.base_url
         if url.startswith(("/", f"{base}/prod/")):  # the API's own route: it needs our token
             reply = await self._http.request("GET", url.removeprefix(base), timeout=120.0)
@@ -382,8 +335,8 @@ class Deployments:
             except ValueError:
                 reply = None
         if not isinstance(reply, dict) or not reply:
-            raise APIError(f"{SERVICE}: the node schemas of deployment {deployment_id} are not a "
-                           "JSON object of node classes.")
+            raise UnexpectedReply(f"{SERVICE}: the node schemas of deployment {deployment_id} are "
+                                  "not a JSON object of node classes.")
         return reply
 
     async def _nodes(self, deployment_id: str, deployment: Deployment,
@@ -418,174 +371,3 @@ class Deployments:
         nodes = await self._nodes(deployment_id, deployment, instance_id)
         return check_overrides(saved, overrides or {}, nodes,
                                what=f"the overrides for deployment {deployment_id}")
-
-
-# --- the queue protocol the Serverless and Model APIs share ------------------------------------
-
-
-def _unreadable(request_id: str, what: str, reply: Any) -> APIError:
-    """A 2xx reply without a readable status (a proxy's HTML page, an empty body, an object with no
-    `status`): it says nothing about the job, so it is transient (errors.transient: a plain APIError
-    with a 2xx status; the transport raised for any other) and the call is tried again."""
-    got = "an object without a status" if isinstance(reply, dict) else f"{type(reply).__name__} content"
-    return APIError(f"The {what} reply for request {request_id} was unreadable ({got}).",
-                    status=200, detail=reply if isinstance(reply, dict) else None)
-
-
-def _readable_status(request_id: str, what: str, reply: Any) -> tuple[dict[str, Any], str]:
-    raw = reply.get("status") if isinstance(reply, dict) else None
-    if not isinstance(raw, str) or not raw.strip():
-        raise _unreadable(request_id, what, reply)
-    return reply, raw
-
-
-def _present(reply: dict[str, Any], *keys: str) -> Any:
-    """The first of `keys` holding something: an explicit null (or an empty value) means absent."""
-    return next((reply[k] for k in keys if reply.get(k) not in (None, "", [], {})), None)
-
-
-def read_status(request_id: str, reply: Any) -> RequestStatus:
-    """A `/status` reply as a RequestStatus; APIError (transient) if it has no status."""
-    reply, raw = _readable_status(request_id, "status", reply)
-    position = reply.get("queue_position")
-    instance = _present(reply, "instance_id")
-    return RequestStatus(
-        request_id=request_id, status=parse_status(raw), raw_status=raw,
-        queue_position=position if isinstance(position, int) and not isinstance(position, bool) else None,
-        instance_id=instance if isinstance(instance, str) else None,
-    )
-
-
-def read_result(request_id: str, reply: Any, fetcher: Fetcher) -> RequestResult:
-    """A `/result` reply as a RequestResult: `outputs` (ComfyUI) or `output` (LoRA, Model API) of
-    any shape, whichever holds them, become media and text. APIError (transient) if it has no status."""
-    reply, raw = _readable_status(request_id, "result", reply)
-    status = parse_status(raw, completed=Status.SUCCEEDED)
-    created, finished = (parse_timestamp(reply.get(k)) for k in ("created_at", "finished_at"))
-    duration = finished - created if created is not None and finished is not None else None
-    result = error = None
-    if status is Status.SUCCEEDED:
-        media, text = media_from_outputs(_present(reply, "outputs", "output"), fetcher)
-        result = JobResult(job_id=request_id, media=media, text=text, raw=reply)
-    elif status is Status.FAILED:
-        error = failure_message(_present(reply, "error"))
-    return RequestResult(request_id, status, result, error, duration)
-
-
-def cancel_accepted(reply: Any) -> bool:
-    """Whether a cancel reply says the cancel was taken (`outcome` or, live, `status`)."""
-    reply = reply if isinstance(reply, dict) else {}
-    outcome = str(reply.get("outcome") or reply.get("status") or "").lower()
-    return outcome in ("cancelled", "canceled", "cancellation_requested")
-
-
-class PolledRun:
-    """Follows one queued request (serverless or Model API) by adaptive polling. `status`,
-    `result` and `cancel` call the request's endpoints; `durations` is its deployment's (or
-    model's) run-time record; `what` names the run in a failure message; `service` and `reattach`
-    (how to follow the request again) go into the ContactLost raised once the service has not
-    answered for the contact timeout. A transient failure of a poll (errors.transient, or a call
-    that outlasts the contact timeout) never ends the job: polling goes on at its pace."""
-
-    def __init__(
-        self, request_id: str, *, status: Callable[[], Awaitable[RequestStatus]],
-        result: Callable[[], Awaitable[RequestResult]], cancel: Callable[[], Awaitable[bool]],
-        durations: DurationModel, what: str, service: str, reattach: str,
-    ) -> None:
-        self.request_id, self.what, self.durations = request_id, what, durations
-        self.service, self.reattach = service, reattach
-        self._status, self._result, self._cancel = status, result, cancel
-        self._poke = asyncio.Event()
-        self._outage = False
-        self._retry_after = 0.0
-
-    async def _ask(self, call: Callable[[], Awaitable[T]], contact: Contact) -> T | None:
-        """One status or result call; None if it failed transiently (ContactLost once the service
-        has been silent for the contact timeout). A call is cut at the contact timeout, so a server
-        that takes connections but never answers cannot hold the job longer."""
-        self._retry_after = 0.0
-        try:
-            reply = await asyncio.wait_for(call(), max(0.5, contact.limit - contact.silent))
-        except Exception as exc:
-            if not (transient(exc) or isinstance(exc, TimeoutError)):
-                raise
-            if isinstance(exc, RateLimited) and exc.retry_after:
-                self._retry_after = exc.retry_after
-            if not self._outage:  # one line per outage, not one per attempt
-                log.warning("%s: polling request %s met %s; polling on for up to %.0f s without an answer",
-                            self.service, self.request_id, type(exc).__name__, contact.limit)
-            self._outage = True
-            contact.check()
-            return None
-        contact.answered()
-        if self._outage:
-            log.info("%s answers again about request %s", self.service, self.request_id)
-            self._outage = False
-        return reply
-
-    async def _sleep(self, pause: float, contact: Contact) -> None:
-        """Wait `pause` (longer if a 429 asked for it, shorter once a cancel was accepted), never past
-        the contact timeout; a cancel wakes it early."""
-        if self._poke.is_set():
-            pause = 0.3
-        pause = min(max(pause, self._retry_after), max(0.05, contact.limit - contact.silent))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._poke.wait(), pause)
-
-    async def run(self, job: Job) -> JobResult:
-        loop = asyncio.get_running_loop()
-        contact = Contact(self.service, self.request_id, self.reattach)
-        model = self.durations
-        plan = PollPlan(model)
-        start = loop.time()
-        t = seen = 0.0  # the last call, the last answer (seconds from submit)
-        queued = False
-        position: int | None = -1
-        while True:
-            await self._sleep(plan.next_pause(t, queued), contact)
-            status = await self._ask(self._status, contact)
-            t = loop.time() - start
-            if status is None:
-                continue
-            queued = status.status is Status.QUEUED
-            plan.observe(t, queued, seen)
-            seen = t
-            if queued and status.queue_position != position:
-                position = status.queue_position
-                job.emit(Queued(position))
-            elif status.status is Status.RUNNING and job.status is Status.QUEUED:
-                job.emit(Started())
-            if status.finished:
-                break
-        reply = await self._final(contact)
-        if reply.status is Status.SUCCEEDED and reply.result is not None:
-            if reply.duration is not None and not plan.queued_seen:
-                model.record(reply.duration)
-            return reply.result
-        if reply.status is Status.FAILED:
-            raise JobFailed(f"{self.what} failed: {reply.error}", job_id=self.request_id)
-        if reply.status is Status.CANCELLED or status.status is Status.CANCELLED:
-            raise JobCancelled(f"Request {self.request_id} was cancelled.", job_id=self.request_id)
-        raise JobFailed(f"Request {self.request_id} ended as {status.raw_status!r} with no result.",
-                        job_id=self.request_id)
-
-    async def _final(self, contact: Contact) -> RequestResult:
-        """The result once /status said the request finished: /result may say so a moment later
-        (20 answers, 0.25 s apart); failed calls are tried again within the contact timeout."""
-        answers, pause = 0, 0.25
-        while True:
-            reply = await self._ask(self._result, contact)
-            if reply is None:
-                await self._sleep(pause, contact)
-                pause = min(2 * pause, 4.0)
-                continue
-            answers += 1
-            if reply.status is None or reply.status.terminal or answers >= 20:
-                return reply
-            await asyncio.sleep(0.25)
-
-    async def cancel(self) -> bool:
-        accepted = await self._cancel()
-        if accepted:
-            self._poke.set()
-        return accepted

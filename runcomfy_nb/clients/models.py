@@ -1,34 +1,25 @@
 """RunComfy Model API: hosted catalog models by `model_id` (submit, status, result, cancel, catalog).
 
-Same queue pattern as serverless (api/model-api.md), so a run is followed by the same `PolledRun`.
-Media inputs are URLs the server fetches itself: every `*_url` / `*_urls` input is checked to be a
-public https URL before anything is sent (and paid for).
+Same queue pattern as serverless (api/model-api.md), so a run is followed by the same `PolledRun`
+(polled.py). Media inputs are URLs the server fetches itself: every `*_url` / `*_urls` input is
+checked to be a public https URL before anything is sent (and paid for).
 """
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import re
-import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path, PurePath
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ..errors import ValidationError
 from ..jobs import Job
-from ..polling import DurationModel
+from ..polled import PolledRequests, Request, RequestResult, RequestStatus
 from ..transport import Storage, Transport
-from .deployments import (
-    PolledRun,
-    RequestResult,
-    RequestStatus,
-    cancel_accepted,
-    read_result,
-    read_status,
-)
 
 SERVICE = "RunComfy Model API"
 _BAD_ID_CHARS = re.compile(r"[\s?#%\\]")
@@ -53,7 +44,8 @@ class ModelInfo:
 
     @classmethod
     def from_reply(cls, entry: Mapping[str, Any]) -> ModelInfo:
-        schema = entry.get("schema") if isinstance(entry.get("schema"), dict) else {}
+        schema = entry.get("schema")
+        schema = schema if isinstance(schema, dict) else {}
         price = entry.get("base_price_usd")
         categories = entry.get("categories")
         return cls(
@@ -189,28 +181,23 @@ def _checked(value: Any, name: str, where: str) -> Any:
     return value
 
 
-class Models:
+class Models(PolledRequests):
     """Run catalog models by id and browse the catalog. `submit` returns a running `Job`."""
 
+    service = SERVICE
+    kind = "model"
+
     def __init__(self, transport: Transport, storage: Storage) -> None:
+        super().__init__()
         self._http = transport
         self._storage = storage
-        self.followed: weakref.WeakSet[Job] = weakref.WeakSet()  # detached when the client closes
-        self._durations: dict[str, DurationModel] = {}
 
     def __repr__(self) -> str:
         return "<Models>"
 
     @staticmethod
-    def _request_path(request_id: str, action: str) -> str:
-        return f"/v1/requests/{quote(request_id, safe='')}/{action}"
-
-    @staticmethod
     def _model_path(model_id: str) -> str:
         return f"/v1/models/{quote(check_model_id(model_id), safe='/:@')}"
-
-    def durations(self, model_id: str) -> DurationModel:
-        return self._durations.setdefault(model_id, DurationModel())
 
     async def submit(self, model_id: str, inputs: Mapping[str, Any], *, label: str | None = None) -> Job:
         """Queue one request with the model's own input fields (keys 1:1 as on its API page).
@@ -218,10 +205,7 @@ class Models:
         path = self._model_path(model_id)
         body = check_inputs(inputs)
         reply = await self._http.request("POST", path, json=body, idempotent=False)
-        request_id = reply.get("request_id") if isinstance(reply, dict) else None
-        if not request_id:
-            raise ValidationError(f"{SERVICE} accepted the submit but returned no request_id.")
-        return self.attach(request_id, model_id=model_id.strip(), label=label)
+        return self.attach(self._request_id(reply), model_id=model_id.strip(), label=label)
 
     def attach(self, request_id: str, *, model_id: str | None = None, label: str | None = None) -> Job:
         """Follow an existing request as a Job (call inside the event loop). `model_id`, if
@@ -229,32 +213,31 @@ class Models:
         if not isinstance(request_id, str) or not request_id.strip():
             raise ValidationError("request_id must be the id a submit returned (a string).")
         known = f", model_id={model_id!r}" if model_id else ""
-        backend = PolledRun(
-            request_id, status=partial(self.status, request_id), result=partial(self.result, request_id),
-            cancel=partial(self.cancel, request_id), durations=self.durations(model_id or ""),
-            what=f"The model run{f' of {model_id}' if model_id else ''}", service=SERVICE,
-            reattach=f"`client.models.attach({request_id!r}{known})`",
-        )
-        job = Job(backend, kind="model", id=request_id,
-                   label=label or f"{model_id or 'model'} · {request_id[:8]}")
-        self.followed.add(job)
-        return job
+        return self._follow(self._request(request_id), runs_of=model_id or "",
+                            what=f"The model run{f' of {model_id}' if model_id else ''}",
+                            label=label or f"{model_id or 'model'} · {request_id[:8]}",
+                            reattach=f"`client.models.attach({request_id!r}{known})`")
+
+    def _request(self, request_id: str) -> Request:
+        path = f"/v1/requests/{quote(request_id, safe='')}"
+
+        def send(method: str, action: str, **kwargs: Any) -> Awaitable[Any]:
+            return self._http.request(method, f"{path}/{action}", **kwargs)
+
+        return Request(request_id, send, self._storage)
 
     async def status(self, request_id: str) -> RequestStatus:
         """Where the request stands (`queue_position` while it waits)."""
-        return read_status(request_id, await self._http.request(
-            "GET", self._request_path(request_id, "status")))
+        return await self._request(request_id).status()
 
     async def result(self, request_id: str) -> RequestResult:
         """The outputs (a URL, a list or an object of them: all become Media) or the error."""
-        return read_result(request_id, await self._http.request(
-            "GET", self._request_path(request_id, "result")), self._storage)
+        return await self._request(request_id).result()
 
     async def cancel(self, request_id: str) -> bool:
         """Ask to cancel; True if accepted (only while queued: a running request is not
         cancellable, finishes, and is billed)."""
-        return cancel_accepted(await self._http.request(
-            "POST", self._request_path(request_id, "cancel"), idempotent=True))
+        return await self._request(request_id).cancel()
 
     # --- catalog (seen in the official CLI, not documented) ------------------------------------
     async def list(
@@ -273,7 +256,7 @@ class Models:
         models = [ModelInfo.from_reply(e) for e in entries or [] if isinstance(e, dict)]
         return ModelPage(models, total if isinstance(total, int) else None)
 
-    async def categories(self) -> list[str]:
+    async def categories(self) -> builtins.list[str]:
         reply = await self._http.request("GET", "/v1/models/categories")
         found = reply.get("categories") if isinstance(reply, dict) else reply
         return [str(c) for c in found] if isinstance(found, list) else []

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 import runcomfy_nb as rc
-from runcomfy_nb.clients.deployments import read_result, read_status
 from runcomfy_nb.errors import ContactLost, transient
 from runcomfy_nb.jobs import Job, Status
+from runcomfy_nb.polled import read_result, read_status
 
 from ..doubles.runcomfy_double import RunComfyDouble, wait_for
 
@@ -126,7 +126,7 @@ async def test_vanished_server_ends_with_contact_lost(client: rc.AsyncRunComfy, 
     message = str(caught.value)
     assert "Lost contact with the RunComfy" in message and "may still be running there" in message
     assert REATTACH[kind].format(id=job.id) in message
-    polling = [r for r in caplog.records if r.levelno >= logging.WARNING and r.module == "deployments"]
+    polling = [r for r in caplog.records if r.levelno >= logging.WARNING and r.module == "polled"]
     assert len(polling) == 1 and "polling on" in polling[0].getMessage()  # one line, not one a poll
 
 
