@@ -1,5 +1,6 @@
 """The one bridge between threads and event loops: the shared background loop of the blocking
-facade, and handing a function or a coroutine to the loop an object lives on, from any thread.
+facade, which loop an object lives on (`home`, `behind` for the facade's views), and handing a
+function or a coroutine to that loop, from any thread.
 
 A blocking wait here (`call`, `block`) looks at Ctrl-C every `POLL` s and, on a kernel's main
 thread, handles the widgets' messages that arrived meanwhile (`uievents`), so buttons work while a
@@ -31,6 +32,33 @@ def background() -> asyncio.AbstractEventLoop:
             threading.Thread(target=new.run_forever, name="runcomfy-loop", daemon=True).start()
             _loop = new
         return _loop
+
+
+class Remote:
+    """Base of the objects that stand for one living on the background loop (the blocking facade's
+    views, `sync.Blocking`); `behind(view)` gives that object back."""
+
+    __slots__ = ("_target",)
+    _target: Any
+
+
+def behind(value: Any) -> Any:
+    """The object a `Remote` view stands for; any other value as it is."""
+    return object.__getattribute__(value, "_target") if isinstance(value, Remote) else value
+
+
+def home(value: Any, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.AbstractEventLoop:
+    """The loop `value` lives on: `loop` when given; the background loop for a `Remote` view (the
+    blocking facade's objects, e.g. `rc.RunComfy().machines`) or when no loop runs here; else the
+    running loop (an async object used with top-level `await` in a notebook)."""
+    if loop is not None:
+        return loop
+    if isinstance(value, Remote):
+        return background()
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return background()
 
 
 def on_loop_thread(target: asyncio.AbstractEventLoop) -> bool:
@@ -90,6 +118,12 @@ def spawn(target: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T],
     thread-safe future. Both take `add_done_callback` and `cancel`."""
     if on_loop_thread(target):
         return target.create_task(coro)
+    return submit(target, coro)
+
+
+def submit(target: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Start `coro` on `target`, a loop that runs on another thread; a thread-safe future of its
+    outcome (wait for it with `future.result(timeout)`)."""
     return asyncio.run_coroutine_threadsafe(coro, target)
 
 

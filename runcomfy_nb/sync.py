@@ -21,7 +21,7 @@ import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
-from .loops import background, block, call, on_loop_thread
+from .loops import Remote, background, block, call, on_loop_thread
 
 T = TypeVar("T")
 CANCEL_GRACE = 15.0  # seconds an interrupted call gives its cancelled task to finish (a remote cancel)
@@ -123,10 +123,10 @@ def _iterate(agen: Any) -> Iterator[Any]:
             return
 
 
-class Blocking:
+class Blocking(Remote):
     """A blocking view of one async object; `unwrap(x)` gives the object back."""
 
-    __slots__ = ("_target",)
+    __slots__ = ()
 
     def __init__(self, target: Any) -> None:
         object.__setattr__(self, "_target", target)

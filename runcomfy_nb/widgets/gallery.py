@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import anywidget
 import traitlets as t
 
-from ..loops import on_loop_thread, spawn
+from ..loops import behind, on_loop_thread, spawn, submit
 from ..media import ANIMATED_EXT, Media
 from ._base import (
     FONT,
@@ -104,9 +104,8 @@ class Gallery(Snapshots, anywidget.AnyWidget):
 
     def __init__(self, media: Iterable[Media] | Media = (), text: Iterable[str] = (),
                  labels: Sequence[str] | None = None, **kwargs: Any) -> None:
-        from ..sync import unwrap
-
-        items = [unwrap(m) for m in ([media] if isinstance(unwrap(media), Media) else media)]
+        given = behind(media)
+        items = [given] if isinstance(given, Media) else [behind(m) for m in given]
         if labels is not None and len(labels) != len(items):
             raise ValueError(f"Gallery got {len(labels)} labels for {len(items)} media items; "
                              "give one label per item.")
@@ -148,7 +147,7 @@ class Gallery(Snapshots, anywidget.AnyWidget):
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
-                waiting.append((indices, asyncio.run_coroutine_threadsafe(self._read(indices), loop)))
+                waiting.append((indices, submit(loop, self._read(indices))))
         for indices, future in waiting:
             try:
                 results = future.result(READ_TIMEOUT)

@@ -16,7 +16,7 @@ from typing import Any
 import anywidget
 import traitlets as t
 
-from ..loops import background, call, soon
+from ..loops import behind, call, home, soon
 from ..timefmt import format_duration
 from ._base import (
     FONT,
@@ -44,29 +44,13 @@ def _money(value: float) -> str:
     return f"${value:,.2f}"
 
 
-def pick_loop(machines: Any, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.AbstractEventLoop:
-    """The loop the machines' transport lives on: `loop` when given; the facade's background loop
-    for the blocking facade's objects (`rc.RunComfy().machines`) or when no loop is running here;
-    else the running loop (`rc.AsyncRunComfy` used with top-level `await` in a notebook)."""
-    from .. import sync
-
-    if loop is not None:
-        return loop
-    if isinstance(machines, sync.Blocking):
-        return background()
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return background()
-
-
 class MachinePanel(Snapshots, anywidget.AnyWidget):
     """The machines launched from this kernel (`machines.launched`, also those launched after the
     panel was made) and any in `include` (`Machine`s, or `MachineInfo`s from `machines.list()`):
     id, server type, state, uptime since Ready, estimated cost so far, time left, and per-row Stop
     and "Extend +30 min" buttons.
 
-    Everything runs on `loop`, the loop the machines' HTTP client lives on (see `pick_loop`).
+    Everything runs on `loop`, the loop the machines' HTTP client lives on (see `loops.home`).
     States are refreshed in the background every `refresh_every` seconds (at least `MIN_REFRESH`,
     as the Server API allows 1 request/s), until the panel is closed; a Stop or Extend already
     sent finishes even then. Costs are estimates: uptime × the `machines.prices` hourly rate.
@@ -84,10 +68,8 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
 
     def __init__(self, machines: Any, *, include: Iterable[Any] = (), refresh_every: float = 10.0,
                  loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
-        from .. import sync
-
-        self.loop = pick_loop(machines, loop)
-        self.machines = sync.unwrap(machines)
+        self.loop = home(machines, loop)
+        self.machines = behind(machines)
         super().__init__(refresh_every=refresh_every, **kwargs)
         self._include = list(include)
         self._objects: dict[str, Any] = {}  # id → Machine, in display order
@@ -126,11 +108,10 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
     def _collect(self) -> list[Any]:
         """The machines to show: launched here (picked up as they come), then `include`."""
         from ..clients.machines import Machine, MachineInfo
-        from ..sync import unwrap
 
         found: dict[str, Any] = dict(getattr(self.machines, "launched", None) or {})
         for index, item in enumerate(self._include):
-            item = unwrap(item)
+            item = behind(item)
             if isinstance(item, MachineInfo):
                 item = self._include[index] = Machine(self.machines, item)
             found.setdefault(item.id, item)
@@ -285,8 +266,8 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
     def _scrub(self, text: str) -> str:
         """Our errors promise no secrets; a machine's own URL is cut out of any text all the same."""
         for machine in self._objects.values():
-            url = getattr(machine.info, "url", None)
-            value = url.get() if hasattr(url, "get") else None
+            url = getattr(machine.info, "url", None)  # a Secret, or None before it is ready
+            value = url.get() if url is not None and hasattr(url, "get") else None
             if value:
                 text = text.replace(value, "<machine url>")
         return text

@@ -14,7 +14,7 @@ import traitlets as t
 
 from ..errors import JobCancelled
 from ..jobs import Event, Failed, Finished, Job, NodeStarted, Output, Preview, Progress, Queued, Started
-from ..loops import call, spawn
+from ..loops import behind, call, spawn
 from ..timefmt import format_duration
 from ._base import (
     FONT,
@@ -67,9 +67,7 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
     notice = t.Unicode("").tag(sync=True)
 
     def __init__(self, job: Job, **kwargs: Any) -> None:
-        from ..sync import unwrap
-
-        job = unwrap(job)
+        job = behind(job)
         super().__init__(kind=job.kind, job_id=job.id, label=job.label, status=job.status.value,
                          submitted_at=job.submitted_at, **kwargs)
         self.job = job

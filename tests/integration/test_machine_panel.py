@@ -20,7 +20,6 @@ from runcomfy_nb.clients.machines import MachineInfo
 from runcomfy_nb.config import Secret
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.widgets import MachinePanel
-from runcomfy_nb.widgets import machines as panel_module
 
 from ..helpers import TOKEN
 from ..unit.test_widgets import record_messages, thread_loop, until, wait_for
@@ -427,11 +426,11 @@ def test_a_stopped_loop_is_reported_not_hung() -> None:
 
 def test_which_loop_by_default(thread_loop: asyncio.AbstractEventLoop) -> None:
     machines = FakeMachines()
-    assert panel_module.pick_loop(machines) is loops.background()  # no loop running here
-    assert panel_module.pick_loop(sync.Blocking(machines)) is loops.background()
-    assert panel_module.pick_loop(machines, thread_loop) is thread_loop
-    assert on(thread_loop, lambda: panel_module.pick_loop(machines)) is thread_loop
-    assert on(thread_loop, lambda: panel_module.pick_loop(sync.Blocking(machines))) is loops.background()
+    assert loops.home(machines) is loops.background()  # no loop running here
+    assert loops.home(sync.Blocking(machines)) is loops.background()
+    assert loops.home(machines, thread_loop) is thread_loop
+    assert on(thread_loop, lambda: loops.home(machines)) is thread_loop
+    assert on(thread_loop, lambda: loops.home(sync.Blocking(machines))) is loops.background()
 
 
 # --- the blocking facade against the emulator ----------------------------------------------------

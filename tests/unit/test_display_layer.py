@@ -42,6 +42,15 @@ def test_the_core_imports_no_display_code() -> None:
     assert not found
 
 
+def test_the_widgets_import_no_facade_and_hand_work_to_loops_only_through_the_bridge() -> None:
+    widgets = sorted((PACKAGE / "widgets").glob("*.py"))
+    found = {f"{path.name} imports {name}" for path in widgets for name in imported_names(path)
+             if name.split(".")[:2] in (["runcomfy_nb", "sync"], ["runcomfy_nb", "facade"])}
+    assert not found
+    handoffs = ("run_coroutine_threadsafe", "call_soon_threadsafe", "ensure_future")
+    assert not [f"{path.name}: {word}" for path in widgets for word in handoffs if word in path.read_text()]
+
+
 def run(script: str) -> str:
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
                           timeout=60)
