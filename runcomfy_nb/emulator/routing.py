@@ -65,9 +65,10 @@ class Service(Protocol):
 
 
 def mount(app: web.Application, service: Service, routes: Iterable[Route]) -> None:
-    """Register each row of `routes` on `app`, its handler wrapped by `serve`."""
-    for route in routes:
-        app.router.add_route(route.method, route.path, _serving(service, route))
+    """Register each row of `routes` on `app`: its requests go through `serve`."""
+    for route in routes:  # as aiohttp's route tables do: `add_get` answers HEAD too
+        add = getattr(app.router, f"add_{route.method.lower()}")
+        add(route.path, _serving(service, route))
 
 
 def _serving(service: Service, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
