@@ -7,7 +7,7 @@ import base64
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +22,8 @@ from runcomfy_nb.jobs import Event, Job, JobResult, NodeStarted, Output, Preview
 from runcomfy_nb.media import Media, classify
 from runcomfy_nb.widgets import Gallery, JobProgress
 from runcomfy_nb.widgets import gallery as gallery_module
+
+from ..helpers import until, wait_for
 
 HOLD = "hold"  # a script step: wait until cancelled
 
@@ -59,22 +61,6 @@ class Script:
         self.cancel_threads.append(threading.get_ident())
         self._cancelled.set()
         return True
-
-
-async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 def picture(width: int, height: int, seed: int = 1) -> Image.Image:
