@@ -316,13 +316,4 @@ class RunComfyDouble:
         return web.Response(body=_png(request.path), content_type="image/png")
 
 
-async def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    """Until `condition()` is true (bounded); AssertionError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-__all__ = ["RunComfyDouble", "wait_for"]
+__all__ = ["RunComfyDouble"]

@@ -20,7 +20,8 @@ from runcomfy_nb.errors import ContactLost, transient
 from runcomfy_nb.jobs import Job, Status
 from runcomfy_nb.polled import read_result, read_status
 
-from ..doubles.runcomfy_double import RunComfyDouble, wait_for
+from ..doubles.runcomfy_double import RunComfyDouble
+from ..helpers import until
 
 TOKEN = "rc_polling_double_SENTINEL_41d9"
 MODEL = "acme/painter/v1"
@@ -97,9 +98,9 @@ async def test_cancel_sent_and_confirmed_while_polls_fail(client: rc.AsyncRunCom
     double.hold = True
     double.hostile("status", "error_body", times=-1)
     job = await submit(client, kind)
-    await wait_for(lambda: len(double.calls_to("status", job.id)) >= 2)
+    await until(lambda: len(double.calls_to("status", job.id)) >= 2)
     cancelling = asyncio.create_task(job.cancel(wait=20))
-    await wait_for(lambda: double.state(job.id) == "cancelled")
+    await until(lambda: double.state(job.id) == "cancelled")
     assert [c.status for c in double.calls_to("cancel", job.id)] == [202]
     assert not job.done  # not confirmed by us yet: every poll still fails
     double.calm()
@@ -116,7 +117,7 @@ async def test_vanished_server_ends_with_contact_lost(client: rc.AsyncRunComfy, 
     monkeypatch.setenv("RUNCOMFY_CONTACT_TIMEOUT", "1")
     double.hold = True
     job = await submit(client, kind)
-    await wait_for(lambda: any(c.status == 200 for c in double.calls_to("status", job.id)))
+    await until(lambda: any(c.status == 200 for c in double.calls_to("status", job.id)))
     await double.vanish()
     start = time.monotonic()
     with pytest.raises(ContactLost) as caught:
