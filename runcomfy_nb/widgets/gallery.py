@@ -17,17 +17,9 @@ import traitlets as t
 
 from ..loops import behind, on_loop_thread, spawn, submit
 from ..media import ANIMATED_EXT, Media
-from ._base import (
-    FONT,
-    Snapshots,
-    data_url,
-    downscale,
-    downscale_animation,
-    error_text,
-    esc,
-    frame_count,
-)
 from .assets import css, esm
+from .fallback import FONT, Snapshots, error_text, esc
+from .images import data_url, downscale, downscale_animation, frame_count
 
 log = logging.getLogger("runcomfy_nb")
 

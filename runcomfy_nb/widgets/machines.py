@@ -18,14 +18,9 @@ import traitlets as t
 
 from ..loops import behind, call, home, soon
 from ..timefmt import format_duration
-from ._base import (
-    FONT,
-    Snapshots,
-    Throttle,
-    error_text,
-    esc,
-)
 from .assets import css, esm
+from .fallback import FONT, Snapshots, error_text, esc
+from .throttle import Throttle
 
 log = logging.getLogger("runcomfy_nb")
 

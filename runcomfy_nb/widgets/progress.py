@@ -16,17 +16,10 @@ from ..errors import JobCancelled
 from ..jobs import Event, Failed, Finished, Job, NodeStarted, Output, Preview, Progress, Queued, Started
 from ..loops import behind, call, spawn
 from ..timefmt import format_duration
-from ._base import (
-    FONT,
-    Snapshots,
-    Throttle,
-    data_url,
-    downscale,
-    error_text,
-    esc,
-    short_id,
-)
 from .assets import css, esm
+from .fallback import FONT, Snapshots, error_text, esc, short_id
+from .images import data_url, downscale
+from .throttle import Throttle
 
 log = logging.getLogger("runcomfy_nb")
 
