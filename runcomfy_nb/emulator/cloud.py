@@ -71,9 +71,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from . import comfyui
 from . import faults as faults_
-from .comfyui import FOLDER_TYPES, SENSITIVE_EXTRA_DATA_KEYS, Item, NodeFailure, Socket
+from .comfyui import ComfyUI
+from .comfyui.files import convert, mask_onto
+from .comfyui.nodes import FOLDER_TYPES, IMAGE_EXTENSIONS, SENSITIVE_EXTRA_DATA_KEYS, node_info
+from .comfyui.routes import listen, refused_handshake
+from .comfyui.server import Item, NodeFailure, Run, Socket, annotated, send_to
+from .comfyui.validate import error_info
 from .envelope import origin
 from .storage import serve_file
 
@@ -133,7 +137,7 @@ def _ms(ts: float | None) -> int | None:
 
 def partner_schema() -> dict[str, Any]:
     """`/object_info` of the partner (API) node."""
-    info = comfyui._node(
+    info = node_info(
         PARTNER_NODE,
         {"prompt": ["STRING", {"multiline": True, "default": "",
                                "tooltip": "Prompt for the image generation"}],
@@ -152,7 +156,7 @@ def partner_schema() -> dict[str, Any]:
     return info
 
 
-class Worker(comfyui.ComfyUI):
+class Worker(ComfyUI):
     """One inference worker of an account: comfyui.py's engine, its messages sent to every socket of the
     account, its files the account's flat store, its prompts the account's jobs."""
 
@@ -180,10 +184,10 @@ class Worker(comfyui.ComfyUI):
 
     def input_images(self) -> list[str]:
         return sorted({posixpath.basename(path) for (_, path) in self.files
-                       if path.lower().endswith(comfyui.IMAGE_EXTENSIONS)})
+                       if path.lower().endswith(IMAGE_EXTENSIONS)})
 
-    def exists(self, annotated: str, default: str = "input") -> bool:
-        return self.account.find(comfyui._annotated(annotated)[0]) is not None
+    def exists(self, filename: str, default: str = "input") -> bool:
+        return self.account.find(annotated(filename)[0]) is not None
 
     @staticmethod
     def features() -> dict[str, Any]:
@@ -201,11 +205,11 @@ class Worker(comfyui.ComfyUI):
     async def finished(self, item: Item, entry: dict[str, Any]) -> None:
         await self.account.finished(item, entry)
 
-    async def _execute(self, run: comfyui._Run) -> bool:
+    async def _execute(self, run: Run) -> bool:
         await self.account.started(run.item)
         return await super()._execute(run)
 
-    def _arm_faults(self, run: comfyui._Run, order: list[str]) -> None:
+    def _arm_faults(self, run: Run, order: list[str]) -> None:
         super()._arm_faults(run, order)
         raises = run.raises
         if raises is not None and raises.params.get("exception_type") in CLOUD_ERRORS:
@@ -213,7 +217,7 @@ class Worker(comfyui.ComfyUI):
             run.raises = copy.copy(raises)  # the armed fault keeps its own params
             run.raises.params = {"message": message, **raises.params}
 
-    async def _run_node(self, run: comfyui._Run, node_id: str, class_type: str,
+    async def _run_node(self, run: Run, node_id: str, class_type: str,
                         inputs: dict[str, Any]) -> dict[str, Any] | None:
         if class_type != PARTNER_NODE:
             return await super()._run_node(run, node_id, class_type, inputs)
@@ -262,7 +266,7 @@ class Job:
         if self.phase != "failed" or self.entry is None:
             return None
         messages = self.entry["status"]["messages"]
-        data = next((m[1] for m in reversed(messages) if m[0] == "execution_error"), {})
+        data: dict[str, Any] = next((m[1] for m in reversed(messages) if m[0] == "execution_error"), {})
         return {"node_id": data.get("node_id"), "node_type": data.get("node_type"),
                 "exception_message": data.get("exception_message", ""),
                 "exception_type": data.get("exception_type", ""), "traceback": data.get("traceback", []),
@@ -414,7 +418,7 @@ class Account:
     async def send(self, event: str, data: Any) -> None:
         text = json.dumps({"type": event, "data": data})
         for socket in list(self.sockets):
-            await comfyui._send(socket, text)
+            await send_to(socket, text)
 
 
 class Cloud:
@@ -579,7 +583,7 @@ def routes(cloud: Cloud) -> web.RouteTableDef:
         if not isinstance(body, dict) or not isinstance(body.get("extra_data", {}), dict):
             return problem(400, "invalid_request", "The body must be an object; extra_data an object")
         if "prompt" not in body:
-            error = comfyui._error("no_prompt", "No prompt provided", "No prompt provided")
+            error = error_info("no_prompt", "No prompt provided", "No prompt provided")
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = body["prompt"]
         try:
@@ -587,7 +591,7 @@ def routes(cloud: Cloud) -> web.RouteTableDef:
                 raise TypeError("the prompt must be an object keyed by node id")
             valid = account.validator().validate(prompt, body.get("partial_execution_targets"))
         except Exception as exc:
-            valid = (False, comfyui._error("invalid_prompt", f"Invalid prompt: {exc}", str(exc)), [], {})
+            valid = (False, error_info("invalid_prompt", f"Invalid prompt: {exc}", str(exc)), [], {})
         if not valid[0]:
             return web.json_response({"error": valid[1], "node_errors": valid[3]}, status=400)
         extra_data = dict(body.get("extra_data", {}))
@@ -686,7 +690,7 @@ def routes(cloud: Cloud) -> web.RouteTableDef:
             try:
                 original = account.find(str(json.loads(str(post["original_ref"]))["filename"]))
                 if original is not None:
-                    data = comfyui.mask_onto(original, data)
+                    data = mask_onto(original, data)
             except Exception:
                 return problem(400, "invalid_request", "original_ref must be JSON naming an uploaded image, "
                                "and the mask an image")
@@ -707,13 +711,13 @@ def routes(cloud: Cloud) -> web.RouteTableDef:
     @table.get(f"{API}/view")
     @authed("download")
     async def view(request: web.Request, account: Account) -> web.StreamResponse:
-        name = posixpath.basename(comfyui._annotated(request.query.get("filename", ""))[0])
+        name = posixpath.basename(annotated(request.query.get("filename", ""))[0])
         data = account.find(name) if name else None
         if data is None:
             return problem(404, "not_found", "File not found")
         channel = request.query.get("channel", "rgba")
         if channel in ("rgb", "a"):
-            converted = comfyui._convert(data, "", channel)
+            converted = convert(data, "", channel)
             if converted is None:
                 return problem(400, "invalid_request", "channel needs an image")
             return web.Response(body=converted[0], content_type="image/png")
@@ -791,16 +795,16 @@ def routes(cloud: Cloud) -> web.RouteTableDef:
         if account is None:
             return problem(401, "unauthorized", "Invalid or missing token")
         if refused := faults.take(TARGET, "ws", {"ws_refused"}):
-            return comfyui.refused_handshake(refused)
+            return refused_handshake(refused)
         ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
         await ws.prepare(request)
         socket = Socket(ws, request.transport)
         account.sockets.append(socket)
         sid = request.query.get("clientId") or uuid.uuid4().hex
         try:
-            await comfyui._send(socket, json.dumps({"type": "status", "data": {**account.status_data(),
+            await send_to(socket, json.dumps({"type": "status", "data": {**account.status_data(),
                                                                                "sid": sid}}))
-            await comfyui.listen(ws, socket, lambda: comfyui._send(
+            await listen(ws, socket, lambda: send_to(
                 socket, json.dumps({"type": "feature_flags", "data": Worker.features()})))
         finally:
             account.sockets.remove(socket)

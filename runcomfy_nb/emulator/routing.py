@@ -48,6 +48,7 @@ class Route:
     on: str | None = None  # the fault operation its request faults are armed on (None: none apply)
     enter: Enter = no_context
     after_taken: bool = False  # drop / delay act after a 200 answer (a submit whose reply is lost)
+    names: Collection[str] | None = None  # the faults it answers (None: the service's fault_names)
 
 
 class Service(Protocol):
@@ -85,7 +86,7 @@ async def serve(service: Service, route: Route, request: web.Request) -> web.Str
         context, target = await route.enter(request)
         late = None
         if route.on is not None:
-            fault = service.faults.take(target, route.on, service.fault_names)
+            fault = service.faults.take(target, route.on, route.names or service.fault_names)
             if fault is not None and route.after_taken and fault.name in LATE_FAULTS:
                 late = fault
             elif fault is not None and (answer := await service.fault_reply(request, fault)):
