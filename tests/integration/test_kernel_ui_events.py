@@ -20,7 +20,7 @@ from jupyter_client.manager import KernelManager
 
 from runcomfy_nb.emulator import Emulator
 
-from ..helpers import TOKEN
+from ..helpers import TOKEN, wait_for
 
 DEP = "dep-flux-kontext"
 VERSION = "c7a91e04-3b5d-4f8a-a2c6-9d0e7f1b3a02"  # a workflow version of the packaged config
@@ -146,14 +146,6 @@ def _cancel_calls(emulator: Emulator, request_id: str) -> int:
     return sum(1 for r in emulator.log if r.method == "POST" and r.path.endswith(f"/{request_id}/cancel"))
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} within {timeout} s")
-        time.sleep(0.05)
-
-
 def test_cancel_button_works_while_the_run_cell_blocks(kernel: Kernel, fresh: Emulator) -> None:
     fresh.set_fault(DEP, "slow_queue", seconds=100_000)  # queued for well over an hour of real time
     # a cancelled job is an error, which would abort the cells queued behind (as Jupyter does):
@@ -161,7 +153,7 @@ def test_cancel_button_works_while_the_run_cell_blocks(kernel: Kernel, fresh: Em
     blocking = kernel.execute(f"%%runcomfy run {DEP}\n31.seed = 4\n", stop_on_error=False)
     after = kernel.execute("print('SECOND CELL RAN')")  # Run All: queued behind the blocking cell
     comm_id = kernel.widget("job_id", 30)
-    _wait_for(lambda: bool(fresh.requests_for(DEP)), 10, "submitted")
+    wait_for(lambda: bool(fresh.requests_for(DEP)), 10, "submitted")
     request_id = fresh.requests_for(DEP)[-1].id
     since = len(kernel.seen)
 
@@ -211,7 +203,7 @@ def test_interrupt_in_a_blocking_result_waits_for_the_remote_cancel(kernel: Kern
     seen = kernel.until(lambda m: "SUBMITTED" in m["content"].get("text", ""), 30, "the submission")
     request_id = seen["content"]["text"].split("SUBMITTED", 1)[1].split()[0]
     printed = time.time()
-    _wait_for(lambda: any(r.time > printed and r.path.endswith(f"/{request_id}/status") for r in fresh.log),
+    wait_for(lambda: any(r.time > printed and r.path.endswith(f"/{request_id}/status") for r in fresh.log),
               10, "polled")
     fresh.set_fault(DEP, "delay", on="cancel", seconds=2)  # a slow cancel: the cell must wait for it
 
@@ -249,7 +241,7 @@ def test_machine_panel_extend_and_stop_work_while_a_cell_blocks(kernel: Kernel, 
     clicked = kernel.click(comm_id, {"type": "extend", "id": server_id})
     handled = kernel.update_after(comm_id, since, pending("extend"), 10, "the Extend pending state")
     assert handled - clicked < 1.0
-    _wait_for(lambda: _machine(fresh, server_id)["estimated_duration"] == duration + 1800, 20, "extended")
+    wait_for(lambda: _machine(fresh, server_id)["estimated_duration"] == duration + 1800, 20, "extended")
     kernel.update_after(comm_id, since, lambda s: all(not r.get("pending") for r in s.get("rows", [])),
                         20, "the end of the Extend")
 
@@ -257,7 +249,7 @@ def test_machine_panel_extend_and_stop_work_while_a_cell_blocks(kernel: Kernel, 
     clicked = kernel.click(comm_id, {"type": "stop", "id": server_id})
     handled = kernel.update_after(comm_id, since, pending("stop"), 10, "the Stop pending state")
     assert handled - clicked < 1.0
-    _wait_for(lambda: _machine(fresh, server_id)["status"] in ("Deleting", "Deleted"), 20, "stopped")
+    wait_for(lambda: _machine(fresh, server_id)["status"] in ("Deleting", "Deleted"), 20, "stopped")
     reply = kernel.reply(blocking, 30)  # wait_ready ends: the machine will not become ready
     assert reply["content"]["status"] == "error"
     kernel.until(lambda m: _idle_of(m, blocking), 10, "the blocking cell's idle")
