@@ -20,13 +20,16 @@ import runcomfy_nb.jobs
 import runcomfy_nb.media
 from runcomfy_nb.clients.cloud import CloudJob, CloudUser
 from runcomfy_nb.clients.comfyui import HistoryEntry, QueueStatus, SystemStats, UploadedFile
-from runcomfy_nb.clients.deployments import Deployment, RequestResult, RequestStatus
+from runcomfy_nb.clients.deployments import Deployment
 from runcomfy_nb.clients.machines import MachineInfo, WorkflowVersion
 from runcomfy_nb.clients.models import ModelInfo, ModelPage
 from runcomfy_nb.config import Config, Secret
-from runcomfy_nb.jobs import Event, Status, Subscriber
+from runcomfy_nb.events import Event
+from runcomfy_nb.jobs import Subscriber
 from runcomfy_nb.media import Fetcher
+from runcomfy_nb.polled import RequestResult, RequestStatus
 from runcomfy_nb.polling import DurationModel
+from runcomfy_nb.status import Status
 from runcomfy_nb.workflow import Workflow
 
 __all__ = ["ComfyCloud", "ComfyUI", "RunComfy"]
@@ -93,7 +96,6 @@ class ComfyCloud(ComfyUI):
 
 @type_check_only
 class Deployments:
-    def durations(self, deployment_id: str) -> DurationModel: ...
     def submit(self, deployment_id: str, overrides: Mapping[Any, Any] | None = ..., *, workflow: Workflow | Mapping[str, Any] | None = ..., inputs: Mapping[str, Any] | None = ..., extra_data: Mapping[str, Any] | None = ..., comfy_api_key: str | Secret | None = ..., label: str | None = ..., validate: bool = ...) -> Job: ...
     def attach(self, deployment_id: str, request_id: str, *, label: str | None = ...) -> Job: ...
     def status(self, deployment_id: str, request_id: str) -> RequestStatus: ...
@@ -104,6 +106,9 @@ class Deployments:
     def proxy(self, deployment_id: str, instance_id: str, path: str, body: Any = ..., *, method: str = ...) -> Any: ...
     def object_info(self, deployment_id: str, instance_id: str | None = ..., *, refresh: bool = ...) -> dict[str, Any]: ...
     def validate(self, deployment_id: str, overrides: Mapping[Any, Any] | None = ..., *, workflow: Workflow | Mapping[str, Any] | None = ..., instance_id: str | None = ...) -> dict[str, dict[str, Any]]: ...
+    service: str
+    kind: str
+    def durations(self, key: str) -> DurationModel: ...
     followed: WeakSet[runcomfy_nb.jobs.Job]
 
 
@@ -206,7 +211,6 @@ class Media:
 
 @type_check_only
 class Models:
-    def durations(self, model_id: str) -> DurationModel: ...
     def submit(self, model_id: str, inputs: Mapping[str, Any], *, label: str | None = ...) -> Job: ...
     def attach(self, request_id: str, *, model_id: str | None = ..., label: str | None = ...) -> Job: ...
     def status(self, request_id: str) -> RequestStatus: ...
@@ -215,6 +219,9 @@ class Models:
     def list(self, search: str | None = ..., *, category: str | None = ..., kind: str | None = ..., include_schema: bool = ..., limit: int | None = ..., offset: int | None = ...) -> ModelPage: ...
     def categories(self) -> builtins.list[str]: ...
     def get(self, model_id: str) -> ModelInfo: ...
+    service: str
+    kind: str
+    def durations(self, key: str) -> DurationModel: ...
     followed: WeakSet[runcomfy_nb.jobs.Job]
 
 

@@ -18,10 +18,10 @@ import functools
 import inspect
 import sys
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from .loops import Remote, background, block, call, on_loop_thread
+from .loops import Remote, background, behind, block, call, on_loop_thread
 
 T = TypeVar("T")
 CANCEL_GRACE = 15.0  # seconds an interrupted call gives its cancelled task to finish (a remote cancel)
@@ -186,7 +186,15 @@ class Blocking(Remote):
 
 
 def unwrap(value: Any) -> Any:
-    return object.__getattribute__(value, "_target") if isinstance(value, Blocking) else value
+    """The async object a blocking view shows (`loops.behind`); any other value as it is."""
+    return behind(value)
+
+
+def on_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` called on the facade's loop thread, each blocking view among the
+    arguments handed over as the async object it shows: how async-side code that must run there
+    (a widget following a job, a client's delayed close) is given the facade's objects."""
+    return call(lambda: fn(*map(behind, args), **{k: behind(v) for k, v in kwargs.items()}))
 
 
 def blocking_class(async_cls: type, doc: str) -> type:

@@ -1,7 +1,8 @@
 """IPython magics: `%runcomfy SUBCOMMAND ...` and `%%runcomfy SUBCOMMAND ...`.
 
-Each subcommand lives in a module of this package and registers itself with `subcommand`.
-Magics parse arguments and call the blocking facade; they hold no protocol logic. Every
+Each subcommand lives in a module of this package, listed in `registry.SUBCOMMANDS` and imported
+when it first runs, so `%load_ext` stays light. Magics parse arguments and call the blocking
+facade; they hold no protocol logic. Every
 runcomfy_nb error reaches the user as one line (`UsageError`), never a traceback.
 """
 
@@ -63,7 +64,7 @@ class RunComfyMagics(Magics):
             raise UsageError(f"%%runcomfy {name} is a cell magic: put it on the first line of a "
                              "cell and the body below it.")
         try:
-            return command.fn(self, rest, cell)
+            return command.handler()(self, rest, cell)
         except RunComfyError as exc:
             raise UsageError(str(exc)) from None
         except ValueError as exc:  # e.g. shlex on an unclosed quote
@@ -78,8 +79,6 @@ def split_args(line: str) -> list[str]:
 
 
 def load(ipython: Any) -> None:
-    from . import cloud, core, jobs, machines, models, prompt, run  # noqa: F401  (registers the subcommands)
-
     magics = RunComfyMagics(shell=ipython)
     ipython.register_magics(magics)
     _loaded[id(ipython)] = magics

@@ -8,7 +8,6 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from ..errors import ValidationError
 from ..workflow import Workflow, parse_cell
-from .registry import subcommand
 from .run import deliver, seconds
 from .session import SESSION
 
@@ -47,9 +46,6 @@ def cloud_request(cell: str, namespace: dict[str, Any], base: Workflow | None) -
     return base.override(data), None
 
 
-@subcommand("cloud", "cloud [--workflow FILE] [--upload PATH] [--partner-key auto|yes|no] [--out NAME]",
-            "Run the cell (API workflow, or override lines on --workflow) on Comfy Cloud; live nodes "
-            "and previews.", cell=True)
 def cloud(magics: Any, line: str, cell: str | None) -> Any:
     args = parse_argstring(_cloud_args, line)
     client = SESSION.cloud

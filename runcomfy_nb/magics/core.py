@@ -15,7 +15,6 @@ from IPython.display import display
 from ..config import ENV_NAMES, SECRETS, SETTINGS, Config, Secret, parse_setting
 from ..errors import ConfigError
 from ..workflow import did_you_mean
-from .registry import subcommand
 from .session import SESSION
 
 
@@ -77,8 +76,6 @@ def _setting(word: str) -> tuple[str, Any]:
     return key, parse_setting(key, text) if text.strip() else None
 
 
-@subcommand("config", "config [KEY=VALUE ...]",
-            "Show the settings (secrets masked), or set some for this kernel: output_dir, timeout, ...")
 def config(magics: Any, line: str, cell: str | None) -> None:
     try:
         words = shlex.split(line)
@@ -107,8 +104,6 @@ def config(magics: Any, line: str, cell: str | None) -> None:
 def _login_args(line: str) -> None: ...
 
 
-@subcommand("login", "login [--user-id ID] [--cloud] [--forget]",
-            "Type your RunComfy token (or --cloud: Comfy Cloud key) unechoed; kept for this kernel only.")
 def login(magics: Any, line: str, cell: str | None) -> None:
     args = parse_argstring(_login_args, line)
     key, what, env = (("comfy_api_key", "Comfy Cloud API key", "COMFY_CLOUD_API_KEY") if args.cloud
@@ -139,8 +134,6 @@ def login(magics: Any, line: str, cell: str | None) -> None:
 def _emulate_args(line: str) -> None: ...
 
 
-@subcommand("emulate", "emulate [--speed X] [--stop]",
-            "Start the local emulator of the RunComfy APIs and point runcomfy_nb at it.")
 def emulate(magics: Any, line: str, cell: str | None) -> None:
     args = parse_argstring(_emulate_args, line)
     if args.stop:

@@ -10,7 +10,6 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..jobs import Job, Output, recent_jobs
 from ..timefmt import format_duration
 from .core import Table
-from .registry import subcommand
 
 KINDS = ("serverless", "comfyui", "model", "cloud")
 
@@ -44,8 +43,6 @@ class JobList(Table):
 def _jobs_args(line: str) -> None: ...
 
 
-@subcommand("jobs", "jobs [--kind serverless|comfyui|model|cloud] [--active] [--out NAME]",
-            "List the jobs of this kernel, every kind, with status, time and outputs.")
 def jobs(magics: Any, line: str, cell: str | None) -> JobList | None:
     args = parse_argstring(_jobs_args, line)
     found = JobList(job for job in recent_jobs()

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from .. import loops
+from .. import sync
 from ..errors import ValidationError
 from .core import show_table
-from .registry import subcommand
 from .session import SESSION
 
+if TYPE_CHECKING:
+    from ..facade import Machines
 
-def _machines() -> Any:
+
+def _machines() -> Machines:
     return SESSION.client.machines
 
 
@@ -22,21 +24,18 @@ def _resolve(ref: str) -> str:
     return _machines().resolve(ref)
 
 
-@subcommand("workflows", "workflows", "List your cloud-saved workflows and their version ids.")
 def workflows(magics: Any, line: str, cell: str | None) -> None:
     items = _machines().workflows()
     show_table([(w.name, w.version_id, w.updated_at) for w in items],
                ("workflow", "version_id (for launch)", "updated"))
 
 
-@subcommand("machines", "machines",
-            "Your machines: status, uptime, estimated cost, time left, Stop / Extend buttons.")
 def machines(magics: Any, line: str, cell: str | None) -> Any:
     from ..widgets import MachinePanel
 
     client = _machines()
     listed = client.list()
-    return loops.call(lambda: MachinePanel(client, include=listed))
+    return sync.on_loop(MachinePanel, client, include=listed)  # made where the machines' client lives
 
 
 @magic_arguments()
@@ -49,8 +48,6 @@ def machines(magics: Any, line: str, cell: str | None) -> Any:
 def _launch_args(line: str) -> None: ...
 
 
-@subcommand("launch", "launch VERSION_ID [--type large] [--duration 1h] [--wait] [--keep] [--out NAME]",
-            "Launch a GPU machine (it bills from Ready until stopped).")
 def launch(magics: Any, line: str, cell: str | None) -> Any:
     args = parse_argstring(_launch_args, line)
     machine = _machines().launch(args.version_id, server_type=args.type, duration=args.duration,
@@ -64,16 +61,16 @@ def launch(magics: Any, line: str, cell: str | None) -> Any:
     return machine
 
 
-@subcommand("extend", "extend ID DURATION", "Give a machine more running time (e.g. 30m).")
 def extend(magics: Any, line: str, cell: str | None) -> None:
     words = line.split()
     if len(words) != 2:
         raise ValidationError("Usage: %runcomfy extend SERVER_ID 30m")
     info = _machines().extend(words[0], words[1])
-    print(f"Machine {info.server_id[:8]} now runs {info.estimated_duration / 3600:.2f} h in all.")
+    total = info.estimated_duration  # absent when the server's reply leaves it out
+    said = f"was given {words[1]} more" if total is None else f"now runs {total / 3600:.2f} h in all"
+    print(f"Machine {info.server_id[:8]} {said}.")
 
 
-@subcommand("stop", "stop ID | --all", "Stop a machine (billing ends), or every one launched here.")
 def stop(magics: Any, line: str, cell: str | None) -> None:
     target = line.strip()
     if not target:
@@ -93,8 +90,6 @@ def stopped_text(info: Any) -> str:
     return f"Machine {info.server_id[:8]} is stopped (the server no longer has it); billing has ended."
 
 
-@subcommand("connect", "connect ID | URL",
-            "Run `%%runcomfy prompt` on this machine (id) or any ComfyUI server (URL).")
 def connect(magics: Any, line: str, cell: str | None) -> None:
     target = line.strip()
     if not target:

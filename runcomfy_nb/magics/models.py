@@ -12,7 +12,6 @@ from ..clients.models import ModelInfo
 from ..errors import ValidationError
 from . import split_args
 from .core import Table
-from .registry import subcommand
 from .run import deliver, seconds
 from .session import SESSION
 
@@ -52,8 +51,6 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
     return inputs
 
 
-@subcommand("model", "model MODEL_ID key=value ... [--out NAME] [--timeout S] [--no-wait]",
-            "Run a Model API (Playground) model with these inputs; show progress and outputs.")
 def model(magics: Any, line: str, cell: str | None) -> Any:
     # shell-style words, quotes removed: prompt="a red fox" is one input
     args = _model_args.parser.parse_args(split_args(line))  # type: ignore[attr-defined]
@@ -81,8 +78,6 @@ class ModelList(Table):
         return (m.model_id, m.display_name, ", ".join(m.categories), price)
 
 
-@subcommand("models", "models [SEARCH] [--category C] [--kind K] [--limit N] [--out NAME]",
-            "List the Model API's catalog: model ids, categories and prices.")
 def models(magics: Any, line: str, cell: str | None) -> ModelList | None:
     args = parse_argstring(_models_args, line)
     if args.limit <= 0:

@@ -8,7 +8,6 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from ..errors import ValidationError
 from ..workflow import Workflow, parse_cell
-from .registry import subcommand
 from .run import follow, seconds
 from .session import SESSION
 
@@ -35,9 +34,6 @@ def workflow_from_cell(cell: str, namespace: dict[str, Any], base: Workflow | No
     return base.override(data)
 
 
-@subcommand("prompt", "prompt [--machine ID | --url URL] [--workflow FILE] [--upload PATH] [--out NAME]",
-            "Queue the cell (API workflow, or override lines on --workflow) on ComfyUI; live nodes "
-            "and previews.", cell=True)
 def prompt(magics: Any, line: str, cell: str | None) -> Any:
     args = parse_argstring(_prompt_args, line)
     if args.machine and args.url:

@@ -1,32 +1,69 @@
-"""The subcommand table behind `%runcomfy`."""
+"""The subcommand table behind `%runcomfy`: name → the module holding it, usage and one-line help.
+
+`%load_ext` reads only this table; a subcommand's module (and the client stack it needs) is
+imported when the subcommand first runs. The function is named as its subcommand.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+Handler = Callable[[Any, str, "str | None"], Any]  # fn(magics, line, cell)
 
 
 @dataclass(frozen=True)
 class Subcommand:
     name: str
+    module: str  # of this package: `run` is runcomfy_nb.magics.run
     usage: str
     summary: str
-    cell: bool
-    fn: Callable[[Any, str, str | None], Any]
+    cell: bool = False
 
-
-SUBCOMMANDS: dict[str, Subcommand] = {}
-
-
-def subcommand(name: str, usage: str, summary: str, *, cell: bool = False) -> Callable[..., Any]:
-    """Register `fn(magics, line, cell)` as `%runcomfy NAME`."""
-
-    def register(fn: Callable[[Any, str, str | None], Any]) -> Callable[[Any, str, str | None], Any]:
-        SUBCOMMANDS[name] = Subcommand(name, usage, summary, cell, fn)
+    def handler(self) -> Handler:
+        """The subcommand's function, its module imported on first use."""
+        fn: Handler = getattr(importlib.import_module(f".{self.module}", __package__), self.name)
         return fn
 
-    return register
+
+SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in [
+    Subcommand("cloud", "cloud", "cloud [--workflow FILE] [--upload PATH] [--partner-key auto|yes|no] "
+               "[--out NAME]", "Run the cell (API workflow, or override lines on --workflow) on Comfy "
+               "Cloud; live nodes and previews.", cell=True),
+    Subcommand("config", "core", "config [KEY=VALUE ...]",
+               "Show the settings (secrets masked), or set some for this kernel: output_dir, timeout, ..."),
+    Subcommand("login", "core", "login [--user-id ID] [--cloud] [--forget]",
+               "Type your RunComfy token (or --cloud: Comfy Cloud key) unechoed; kept for this kernel only."),
+    Subcommand("emulate", "core", "emulate [--speed X] [--stop]",
+               "Start the local emulator of the RunComfy APIs and point runcomfy_nb at it."),
+    Subcommand("jobs", "jobs", "jobs [--kind serverless|comfyui|model|cloud] [--active] [--out NAME]",
+               "List the jobs of this kernel, every kind, with status, time and outputs."),
+    Subcommand("workflows", "machines", "workflows",
+               "List your cloud-saved workflows and their version ids."),
+    Subcommand("machines", "machines", "machines",
+               "Your machines: status, uptime, estimated cost, time left, Stop / Extend buttons."),
+    Subcommand("launch", "machines",
+               "launch VERSION_ID [--type large] [--duration 1h] [--wait] [--keep] [--out NAME]",
+               "Launch a GPU machine (it bills from Ready until stopped)."),
+    Subcommand("extend", "machines", "extend ID DURATION", "Give a machine more running time (e.g. 30m)."),
+    Subcommand("stop", "machines", "stop ID | --all",
+               "Stop a machine (billing ends), or every one launched here."),
+    Subcommand("connect", "machines", "connect ID | URL",
+               "Run `%%runcomfy prompt` on this machine (id) or any ComfyUI server (URL)."),
+    Subcommand("model", "models", "model MODEL_ID key=value ... [--out NAME] [--timeout S] [--no-wait]",
+               "Run a Model API (Playground) model with these inputs; show progress and outputs."),
+    Subcommand("models", "models", "models [SEARCH] [--category C] [--kind K] [--limit N] [--out NAME]",
+               "List the Model API's catalog: model ids, categories and prices."),
+    Subcommand("prompt", "prompt",
+               "prompt [--machine ID | --url URL] [--workflow FILE] [--upload PATH] [--out NAME]",
+               "Queue the cell (API workflow, or override lines on --workflow) on ComfyUI; live nodes "
+               "and previews.", cell=True),
+    Subcommand("run", "run", "run DEPLOYMENT_ID [--out NAME] [--timeout S] [--no-wait]",
+               "Submit the cell (JSON body or `node.input = value` lines) to a serverless deployment; "
+               "show progress and outputs.", cell=True),
+]}
 
 
 def help_text(short: bool = False) -> str:

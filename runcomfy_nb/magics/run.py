@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from .. import loops, sync
+from .. import sync
 from ..errors import ValidationError
 from ..jobs import CANCEL_WAIT
 from ..workflow import parse_cell
-from .registry import subcommand
 from .session import SESSION
+
+if TYPE_CHECKING:
+    from ..facade import Job, JobResult  # the blocking views' types (stub-only classes)
 
 COMFY_KEYS = {"overrides", "workflow_api_json", "extra_data"}
 
@@ -56,47 +58,45 @@ def submit_arguments(kind: str, data: Any) -> dict[str, Any]:
     return {"inputs": data}  # a LoRA deployment's own schema
 
 
-def show_progress(job: Any) -> None:
+def show_progress(job: Job) -> None:
     """Display a JobProgress for `job` (it refreshes its saved fallback when the job ends)."""
     from ..widgets import JobProgress
 
-    raw = sync.unwrap(job)
-    display(loops.call(lambda: JobProgress(raw)))
+    display(sync.on_loop(JobProgress, job))  # made on the job's loop, where its events arrive
 
 
-def follow(magics: Any, job: Any, *, timeout: float | None, out: str | None) -> Any:
+def follow(magics: Any, job: Job, *, timeout: float | None, out: str | None) -> JobResult | None:
     """Show live progress, wait for the result (Ctrl-C cancels unless auto_cancel is off),
     store it under `out` and return it."""
-    raw = sync.unwrap(job)
     try:
         show_progress(job)  # inside: a Ctrl-C even before the wait began must cancel the job
         result = job.result(timeout=timeout or magics.timeout,
                             cancel_on_interrupt=magics.auto_cancel)
     except KeyboardInterrupt:
-        print(interrupted(magics, raw))
+        print(interrupted(magics, job))
         return None
     if out:
         magics.shell.user_ns[out] = result
     return result
 
 
-def interrupted(magics: Any, raw: Any) -> str:
+def interrupted(magics: Any, job: Job) -> str:
     """What came of a Ctrl-C, as the server last told it. `job.result` has already cancelled the
     job when it was waiting; one more try covers a Ctrl-C before the wait began."""
     if not magics.auto_cancel:
-        return (f"Interrupted: job {raw.id} runs on (auto_cancel is off); "
+        return (f"Interrupted: job {job.id} runs on (auto_cancel is off); "
                 "its progress above keeps updating.")
-    if not loops.call(lambda: raw.done):
+    if not job.done:
         with contextlib.suppress(Exception):  # its outcome is told below
-            sync.run(raw.cancel(wait=CANCEL_WAIT))
-    status = loops.call(lambda: raw.status.value)
-    if loops.call(lambda: raw.done):
-        return f"Interrupted: job {raw.id} is {status}."
-    return (f"Interrupted: the server did not confirm the cancel of job {raw.id}; it was {status} "
+            job.cancel(wait=CANCEL_WAIT)
+    status = job.status.value
+    if job.done:
+        return f"Interrupted: job {job.id} is {status}."
+    return (f"Interrupted: the server did not confirm the cancel of job {job.id}; it was {status} "
             "when last seen and may still be running there (see `%runcomfy jobs`).")
 
 
-def deliver(magics: Any, job: Any, args: Any) -> Any:
+def deliver(magics: Any, job: Job, args: Any) -> Job | JobResult | None:
     """`--no-wait`: show the job's progress and return the job (stored under `--out`); else follow
     it to its result (see `follow`)."""
     if args.no_wait:
@@ -107,9 +107,6 @@ def deliver(magics: Any, job: Any, args: Any) -> Any:
     return follow(magics, job, timeout=args.timeout, out=args.out)
 
 
-@subcommand("run", "run DEPLOYMENT_ID [--out NAME] [--timeout S] [--no-wait]",
-            "Submit the cell (JSON body or `node.input = value` lines) to a serverless "
-            "deployment; show progress and outputs.", cell=True)
 def run(magics: Any, line: str, cell: str | None) -> Any:
     args = parse_argstring(_run_args, line)
     kind, data = parse_cell(cell or "", magics.shell.user_ns)

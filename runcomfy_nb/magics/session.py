@@ -21,20 +21,27 @@ async def _close_when_idle(clients: list[Any]) -> None:
     their polls and cancels go through these clients, so closing at once would cut them off."""
     loop = asyncio.get_running_loop()
     running = [job for job in recent_jobs() if job.loop is loop and not job.done and not job.detached]
-    if running:
-        await asyncio.wait([loop.create_task(job.wait()) for job in running])
+    await asyncio.gather(*(job.wait() for job in running), return_exceptions=True)
     for client in clients:
         with contextlib.suppress(Exception):
             await client.aclose()
 
 
+Closing = asyncio.Task[None] | concurrent.futures.Future[None]
+
+
+def _close_soon(*clients: Any) -> Closing:
+    """Start `_close_when_idle(clients)` on the loop this is called on (theirs: see `sync.on_loop`)."""
+    return loops.spawn(asyncio.get_running_loop(), _close_when_idle(list(clients)))
+
+
 class Session:
     def __init__(self) -> None:
         self._made_with: Config | None = None  # the config the cached clients were made with
-        self._client: Any = None
-        self._cloud: Any = None
-        self._comfy: dict[str, Any] = {}
-        self._closing: set[concurrent.futures.Future[None]] = set()
+        self._client: RunComfy | None = None
+        self._cloud: ComfyCloud | None = None
+        self._comfy: dict[str, ComfyUI] = {}
+        self._closing: set[Closing] = set()
         self.emulator: Any = None
         self.comfy_target: str | None = None  # a machine id or a ComfyUI URL for %%runcomfy prompt
         # what `%runcomfy emulate` replaced: (store, key) -> (the value before, the value it set)
@@ -54,16 +61,16 @@ class Session:
         return config
 
     def _retire(self) -> None:
-        old = [sync.unwrap(c) for c in (self._client, self._cloud, *self._comfy.values()) if c is not None]
+        old = [c for c in (self._client, self._cloud, *self._comfy.values()) if c is not None]
         self._client = self._cloud = None
         self._comfy.clear()
         if old:
-            future = asyncio.run_coroutine_threadsafe(_close_when_idle(old), loops.background())
-            self._closing.add(future)
-            future.add_done_callback(self._closing.discard)
+            closing = sync.on_loop(_close_soon, *old)
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     @property
-    def client(self) -> Any:
+    def client(self) -> RunComfy:
         """The blocking `RunComfy` client for the current config (remade when the config changed)."""
         config = self._current()
         if self._client is None:
@@ -71,14 +78,14 @@ class Session:
         return self._client
 
     @property
-    def cloud(self) -> Any:
+    def cloud(self) -> ComfyCloud:
         """The blocking `ComfyCloud` client for the current config (remade when the config changed)."""
         config = self._current()
         if self._cloud is None:
             self._cloud = ComfyCloud(config=config)
         return self._cloud
 
-    def comfy(self, target: str | None = None) -> Any:
+    def comfy(self, target: str | None = None) -> ComfyUI:
         """A blocking ComfyUI client for a machine id or a URL (default: `%runcomfy connect`'s)."""
         target = target or self.comfy_target
         if not target:
@@ -87,7 +94,7 @@ class Session:
         self._current()
         if target not in self._comfy:
             if target.startswith(("http://", "https://")):
-                url: Any = target
+                url: str | Secret = target
             else:
                 machines = self.client.machines
                 info = machines.status(machines.resolve(target))

@@ -81,8 +81,8 @@ def test_kernel_exit_stops_its_machines(tmp_path) -> None:  # type: ignore[no-un
         env = {"RUNCOMFY_TOKEN": TOKEN, "RUNCOMFY_BASE_URL": emu.url, "RUNCOMFY_USER_ID": emu.user_id}
         km, kc = start_new_kernel(kernel_name="python3", env={**os.environ, **env}, cwd=str(tmp_path))
         try:
-            code = ("%load_ext runcomfy_nb\nimport runcomfy_nb\n"
-                    "v = runcomfy_nb.magics.session.SESSION.client.machines.workflows()[0].version_id\n"
+            code = ("%load_ext runcomfy_nb\nfrom runcomfy_nb.magics.session import SESSION\n"
+                    "v = SESSION.client.machines.workflows()[0].version_id\n"
                     "%runcomfy launch {v} --type medium --duration 2h\n"
                     "%runcomfy launch {v} --type medium --duration 2h --keep")
             reply = kc.execute_interactive(code, timeout=60)
