@@ -4,7 +4,6 @@ Cloud job, each against the emulator on real sockets, go through the same lifecy
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,6 +18,8 @@ from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.errors import JobCancelled, JobFailed
 from runcomfy_nb.jobs import Failed, Finished, Job, Output, Queued, Started, Status
 from runcomfy_nb.widgets import Gallery, JobProgress
+
+from ..helpers import until
 
 TOKEN = "rc_one_job_SENTINEL_0c7d"
 DEPLOYMENT = "dep-flux-kontext"
@@ -135,14 +136,6 @@ async def kind(request: pytest.FixtureRequest, emu: Emulator, machine: Machine) 
     async with kind_of(request.param, emu, machine) as made:
         yield made
     emu.clear_faults()
-
-
-async def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def lifecycle(job: Job) -> list[str]:

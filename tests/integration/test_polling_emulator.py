@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,7 +17,7 @@ from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.errors import ContactLost
 from runcomfy_nb.jobs import Job, Status
 
-from ..helpers import TOKEN
+from ..helpers import TOKEN, until, wait_for
 
 FLUX, LORA, MODEL = "dep-flux-kontext", "dep-lora-portrait", "blackforestlabs/flux-1-kontext/pro/edit"
 KINDS = ("comfyui", "lora", "model")
@@ -47,13 +47,6 @@ def remote_status(emu: Emulator, kind: str, request_id: str) -> str:
 
 def calls(emu: Emulator, request_id: str, operation: str) -> list[Any]:
     return [r for r in emu.log if r.path.endswith(f"/{request_id}/{operation}")]
-
-
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def assert_full_result(job: Job, kind: str, emu: Emulator) -> None:
@@ -138,13 +131,16 @@ def test_body_error_on_status_and_nulls_on_the_wire(fresh: Emulator) -> None:
     odd = httpx.get(run["status_url"], headers=AUTH)
     assert odd.status_code == 200 and odd.json() == {"error_code": "internal_error", "error_message": "oops"}
     fresh.set_fault(LORA, "nulls", count=-1, on="any")
-    for _ in range(400):
-        status = httpx.get(run["status_url"], headers=AUTH).json()
+
+    def completed() -> dict[str, Any] | None:
+        status: dict[str, Any] = httpx.get(run["status_url"], headers=AUTH).json()
         if status["status"] == "completed":
-            break
+            return status
         assert status["queue_position"] is None or status["status"] == "in_queue"
-        time.sleep(0.02)
-    assert status["status"] == "completed" and status["queue_position"] is None
+        return None
+
+    status = wait_for(completed, timeout=10)
+    assert status["queue_position"] is None
     result = httpx.get(run["result_url"], headers=AUTH).json()
     assert result["outputs"] is None and result["error"] is None and len(result["output"]["images"]) == 2
     assert result["status"] == "succeeded"

@@ -14,18 +14,9 @@ from runcomfy_nb import loops, sync
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.jobs import Status
 
-from ..helpers import TOKEN
+from ..helpers import TOKEN, wait_for
 
 FLUX = "dep-flux-kontext"
-
-
-def wait_until(predicate, seconds: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_blocking_client_mirrors_async(fresh: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -42,7 +33,7 @@ def test_jobs_progress_while_caller_is_idle(fresh: Emulator) -> None:
     client = rc.RunComfy(token=TOKEN, base_url=fresh.url)
     job = client.deployments.submit(FLUX, {})
     # nobody waits on the job: the background loop follows it anyway
-    assert wait_until(lambda: job.status is Status.SUCCEEDED)
+    wait_for(lambda: job.status is Status.SUCCEEDED)
 
 
 def test_live_updates_during_a_blocking_call(fresh: Emulator) -> None:
@@ -65,7 +56,7 @@ def test_ctrl_c_in_a_blocking_wait_cancels_the_remote_job(fresh: Emulator) -> No
     threading.Timer(0.3, _thread.interrupt_main).start()
     with pytest.raises(KeyboardInterrupt):
         job.result(timeout=60)
-    assert wait_until(lambda: job.status is Status.CANCELLED)
+    wait_for(lambda: job.status is Status.CANCELLED)
     remote = next(r for r in fresh.requests_for(FLUX) if r.id == job.id)
     assert remote.status in ("cancelled", "canceled")
 
@@ -123,7 +114,7 @@ def test_ctrl_c_can_detach_instead(fresh: Emulator) -> None:
     threading.Timer(0.2, _thread.interrupt_main).start()
     with pytest.raises(KeyboardInterrupt):
         job.result(timeout=60, cancel_on_interrupt=False)
-    assert wait_until(lambda: job.status is Status.SUCCEEDED)
+    wait_for(lambda: job.status is Status.SUCCEEDED)
 
 
 def test_blocking_call_from_inside_the_loop_is_refused() -> None:
