@@ -95,7 +95,7 @@ class ComfyCloud(ComfyUI):
 
 
 @type_check_only
-class Deployments:
+class Deployments(PolledRequests):
     def submit(self, deployment_id: str, overrides: Mapping[Any, Any] | None = ..., *, workflow: Workflow | Mapping[str, Any] | None = ..., inputs: Mapping[str, Any] | None = ..., extra_data: Mapping[str, Any] | None = ..., comfy_api_key: str | Secret | None = ..., label: str | None = ..., validate: bool = ...) -> Job: ...
     def attach(self, deployment_id: str, request_id: str, *, label: str | None = ...) -> Job: ...
     def status(self, deployment_id: str, request_id: str) -> RequestStatus: ...
@@ -108,8 +108,6 @@ class Deployments:
     def validate(self, deployment_id: str, overrides: Mapping[Any, Any] | None = ..., *, workflow: Workflow | Mapping[str, Any] | None = ..., instance_id: str | None = ...) -> dict[str, dict[str, Any]]: ...
     service: str
     kind: str
-    def durations(self, key: str) -> DurationModel: ...
-    followed: WeakSet[runcomfy_nb.jobs.Job]
 
 
 @type_check_only
@@ -210,7 +208,7 @@ class Media:
 
 
 @type_check_only
-class Models:
+class Models(PolledRequests):
     def submit(self, model_id: str, inputs: Mapping[str, Any], *, label: str | None = ...) -> Job: ...
     def attach(self, request_id: str, *, model_id: str | None = ..., label: str | None = ...) -> Job: ...
     def status(self, request_id: str) -> RequestStatus: ...
@@ -221,8 +219,14 @@ class Models:
     def get(self, model_id: str) -> ModelInfo: ...
     service: str
     kind: str
+
+
+@type_check_only
+class PolledRequests:
     def durations(self, key: str) -> DurationModel: ...
     followed: WeakSet[runcomfy_nb.jobs.Job]
+    service: str
+    kind: str
 
 
 @type_check_only

@@ -51,6 +51,12 @@ def is_async_class(cls: Any) -> bool:
     return isinstance(cls, type) and cls.__module__.startswith(PACKAGE) and rule(cls)
 
 
+def written(base: type) -> bool:
+    """Whether a base class of a stubbed class is a class of the stub too (else its members are
+    listed in each subclass): one of this package's, not a Protocol."""
+    return base.__module__.startswith(PACKAGE) and not getattr(base, "_is_protocol", False)
+
+
 def blocking_name(cls: type) -> str:
     return cls.__name__.removeprefix("Async") if cls.__name__ in ROOTS else cls.__name__
 
@@ -325,10 +331,10 @@ class Generator:
         return lines
 
     def owners(self, cls: type) -> list[type]:
-        """`cls` and its bases of this package, up to the first one the stub has as a class."""
+        """`cls` and those of its bases whose members the stub lists in it (protocols)."""
         stop: set[type] = set()
         for base in cls.__bases__:
-            stop.update(base.__mro__ if is_async_class(base) else ())
+            stop.update(base.__mro__ if written(base) else ())
         return [o for o in cls.__mro__
                 if o not in stop and o is not object and o.__module__.startswith(PACKAGE)]
 
@@ -352,10 +358,7 @@ class Generator:
         return found
 
     def stub_class(self, cls: type) -> str:
-        bases = [blocking_name(b) for b in cls.__bases__ if is_async_class(b)]
-        for base in cls.__bases__:
-            if is_async_class(base):
-                self.want(base)
+        bases = [self.want(b) for b in cls.__bases__ if written(b)]
         head = f"class {blocking_name(cls)}{'(' + ', '.join(bases) + ')' if bases else ''}:"
         decorator = [] if cls.__name__ in ROOTS else [f"@{self.imports.ref('typing', 'type_check_only')}"]
         init = vars(cls).get("__init__")
