@@ -13,14 +13,14 @@
     │   ├── BadRequest          400 / 422: the server's own message says what is wrong
     │   ├── ServerError         5xx: the service failed; idempotent calls were retried already
     │   └── UnexpectedReply     the reply broke the protocol: not JSON, a field missing or of a wrong shape
-    ├── MachineFailed           a machine failed or stopped instead of becoming ready
+    ├── MachineFailed           a machine failed or stopped while waited for (wait_ready)
     ├── TransportError          the network failed (connection refused, dropped, truncated download)
     │   └── SubmitUncertain     a paid submit may have reached the server; it was not resent
     └── JobError                a job ended without a result (`.job_id`)
         ├── JobFailed           the run failed: `.message` is the server's error text
         │   └── ContactLost     the server stopped answering; the run may go on there
         ├── JobCancelled        the run was cancelled
-        └── JobTimeout          it took longer than asked (also a TimeoutError)
+        └── JobTimeout          a job, or a wait for a machine, took longer than asked (also a TimeoutError)
 
 An API error may arrive as HTTP 200 with an `error_code` body; it maps to the same classes.
 No message carries a token, an API key or a machine URL.

@@ -9,6 +9,7 @@ against the account's machine list, and a stop returns only once the server conf
 from __future__ import annotations
 
 import asyncio
+import builtins
 import re
 import time
 from collections.abc import Callable
@@ -18,7 +19,16 @@ from urllib.parse import quote
 
 from .. import shutdown
 from ..config import Secret
-from ..errors import APIError, NotFound, RunComfyError, ValidationError, transient
+from ..errors import (
+    APIError,
+    JobTimeout,
+    MachineFailed,
+    NotFound,
+    RunComfyError,
+    UnexpectedReply,
+    ValidationError,
+    transient,
+)
 from ..timefmt import parse_timestamp
 from ..transport import Transport
 from ..workflow import did_you_mean
@@ -121,7 +131,7 @@ class Machines:
     def __repr__(self) -> str:
         return "<Machines>"
 
-    async def workflows(self) -> list[WorkflowVersion]:
+    async def workflows(self) -> builtins.list[WorkflowVersion]:
         reply = await self._http.request("GET", f"{self._base}/workflows")
         items = reply if isinstance(reply, list) else (reply or {}).get("workflows", [])
         return [WorkflowVersion(str(w.get("workflow_id", "")), str(w.get("workflow_name", "")),
@@ -140,9 +150,9 @@ class Machines:
         except NotFound:
             return MachineInfo(server_id=server_id, state="stopped", raw_status=GONE)
         if not isinstance(reply, dict) or not isinstance(reply.get("current_status"), str):
-            # status 200: an odd answer that says nothing about the machine (errors.transient)
-            raise APIError(f"{SERVICE} sent a status reply without a machine status for {server_id[:8]}",
-                           status=200, detail=reply)
+            # an odd answer that says nothing about the machine (errors.transient)
+            raise UnexpectedReply(f"{SERVICE} sent a status reply without a machine status for "
+                                  f"{server_id[:8]}", status=200, detail=reply)
         return MachineInfo.from_reply({**reply, "server_id": reply.get("server_id") or server_id})
 
     def _server(self, server_id: str, action: str = "") -> str:
@@ -256,7 +266,7 @@ class Machines:
         raise ValidationError(f"{ref!r} matches {len(matches)} machines ({shown}); give more of the id. "
                               f"{_running(listed)}")
 
-    async def stop_all(self, *, include_kept: bool = False) -> list[str]:
+    async def stop_all(self, *, include_kept: bool = False) -> builtins.list[str]:
         """Stop every machine launched here that may still run; returns the ids the server
         confirmed. Tries each; then raises if any could not be stopped."""
         stopped, failed = [], []
@@ -333,7 +343,7 @@ class Machine:
 
     async def wait_ready(self, timeout: float = 900.0, *, poll: float = 5.0,
                          on_status: Callable[[MachineInfo], None] | None = None) -> MachineInfo:
-        """Wait until Ready (raises ValidationError if it fails or stops, TimeoutError after `timeout`).
+        """Wait until Ready (raises MachineFailed if it fails or stops, JobTimeout after `timeout`).
         A poll that meets a transient or malformed answer is tried again, within `timeout`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -354,11 +364,11 @@ class Machine:
                 if info.state == "ready" and info.url is not None:
                     return info
                 if info.state in ("failed", "stopped", "stopping"):
-                    raise ValidationError(f"Machine {self.id[:8]} is {info.state} ({info.raw_status}); "
-                                          "it will not become ready.")
+                    raise MachineFailed(f"Machine {self.id[:8]} is {info.state} ({info.raw_status}); "
+                                        "it will not become ready.")
             if loop.time() > deadline:
-                raise TimeoutError(f"Machine {self.id[:8]} was not ready after {timeout:g} s; it is "
-                                   f"still {self.info.raw_status} (and not billed until Ready){problem}.")
+                raise JobTimeout(f"Machine {self.id[:8]} was not ready after {timeout:g} s; it is "
+                                 f"still {self.info.raw_status} (and not billed until Ready){problem}.")
             await asyncio.sleep(min(poll, max(0.0, deadline - loop.time())))
 
     def _not_listed_yet(self, info: MachineInfo) -> bool:

@@ -129,7 +129,7 @@ async def test_never_ready_times_out_clearly(client: rc.AsyncRunComfy, machine_e
     machine_emulator.set_fault("*", "never_ready")
     machine = await client.machines.launch(version, duration="5m")
     try:
-        with pytest.raises(TimeoutError, match="not ready after"):
+        with pytest.raises(rc.JobTimeout, match="not ready after"):
             await machine.wait_ready(timeout=2.5, poll=0.5)
     finally:
         machine_emulator.clear_faults()

@@ -77,7 +77,7 @@ async def test_transient_answers_until_the_timeout_raise_a_timeout(emu: Emulator
     try:
         emu.set_fault(machine.id, "body_error", -1, on="status", error_code="internal_error",
                       message="Internal error")
-        with pytest.raises(TimeoutError, match="not ready after") as caught:
+        with pytest.raises(rc.JobTimeout, match="not ready after") as caught:
             await machine.wait_ready(timeout=1.0, poll=0.2)
         assert "Internal error" in str(caught.value)
     finally:
