@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import io
 import logging
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from runcomfy_nb.jobs import (
 from runcomfy_nb.media import Media
 
 from ..doubles.comfyui_double import ComfyDouble
+from ..helpers import until
 
 SECRET = "secret-abc123"
 WORKFLOW: dict[str, Any] = {
@@ -89,14 +89,6 @@ def record(job: Job) -> Seen:
 
 def of(seen: Seen, kind: type) -> list[Any]:
     return [e for e, _, _ in seen if isinstance(e, kind)]
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 # --- a run, live ---------------------------------------------------------------------------------
