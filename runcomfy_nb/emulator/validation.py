@@ -74,24 +74,29 @@ def comfyui_workflow(saved: dict[str, Any], body: Any) -> dict[str, Any]:
                       "type_error.dict")
     workflow = copy.deepcopy(saved)
     for node_id, patch in overrides.items():
-        loc = ["body", "overrides", node_id]
-        if node_id not in workflow:
-            known = ", ".join(sorted(workflow))
-            raise Invalid(f"Node {node_id} is not in the deployment's workflow (nodes: {known})", loc)
-        if not isinstance(patch, dict) or not isinstance(patch.get("inputs"), dict):
-            raise Invalid("Each override must be {\"inputs\": {...}}", [*loc, "inputs"], "type_error.dict")
-        node = workflow[node_id]
-        inputs = node.setdefault("inputs", {})
-        for name, value in patch["inputs"].items():
-            where = [*loc, "inputs", name]
-            if name not in inputs:
-                raise Invalid(f"Node {node_id} ({node.get('class_type')}) has no input '{name}'; "
-                              f"inputs: {', '.join(inputs)}", where)
-            if not _same_type(inputs[name], value):
-                raise Invalid(f"Input '{name}' of node {node_id} expects {_json_type(inputs[name])}, "
-                              f"got {_json_type(value)}", where, "type_error")
-            inputs[name] = value
+        _override(workflow, node_id, patch)
     return workflow
+
+
+def _override(workflow: dict[str, Any], node_id: str, patch: Any) -> None:
+    """Apply one node's override to `workflow`, or raise Invalid."""
+    loc = ["body", "overrides", node_id]
+    if node_id not in workflow:
+        known = ", ".join(sorted(workflow))
+        raise Invalid(f"Node {node_id} is not in the deployment's workflow (nodes: {known})", loc)
+    if not isinstance(patch, dict) or not isinstance(patch.get("inputs"), dict):
+        raise Invalid("Each override must be {\"inputs\": {...}}", [*loc, "inputs"], "type_error.dict")
+    node = workflow[node_id]
+    inputs = node.setdefault("inputs", {})
+    for name, value in patch["inputs"].items():
+        where = [*loc, "inputs", name]
+        if name not in inputs:
+            raise Invalid(f"Node {node_id} ({node.get('class_type')}) has no input '{name}'; "
+                          f"inputs: {', '.join(inputs)}", where)
+        if not _same_type(inputs[name], value):
+            raise Invalid(f"Input '{name}' of node {node_id} expects {_json_type(inputs[name])}, "
+                          f"got {_json_type(value)}", where, "type_error")
+        inputs[name] = value
 
 
 def _inline_workflow(workflow: Any) -> dict[str, Any]:

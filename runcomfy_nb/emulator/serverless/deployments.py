@@ -76,6 +76,20 @@ class Serverless:
 
     def add(self, config: dict[str, Any]) -> None:
         """Add (or replace) a deployment from its config entry; ValueError if the entry is unusable."""
+        config = self._completed(config)
+        for spec in config.pop("faults", []):
+            self.faults.add(faults_.Fault.from_spec(spec, config["id"]))
+        old = self.deployments.get(config["id"])
+        self.deployments[config["id"]] = config
+        keep_warm = float(config["keep_warm_duration_in_seconds"])
+        if old is None or old["instances"] != config["instances"]:
+            # jobs already waiting keep the old pool; new ones use the new size
+            self.pools[config["id"]] = Pool([self._new_instance() for _ in range(int(config["instances"]))],
+                                            self._new_instance, keep_warm, self.state.clock.speed)
+        self.pools[config["id"]].keep_warm = keep_warm
+
+    def _completed(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A copy of a deployment's config entry with its defaults filled in; ValueError if unusable."""
         config = copy.deepcopy(config)
         if not isinstance(config.get("id"), str) or not config["id"]:
             raise ValueError("a deployment needs an \"id\"")
@@ -89,13 +103,7 @@ class Serverless:
             config.setdefault(key, copy.deepcopy(default))
         config.setdefault("name", config["id"])
         if config["type"] == "comfyui":
-            preset = config.setdefault("preset", "image")
-            if "workflow" not in config:
-                if preset not in self.state.presets:
-                    raise ValueError(f"deployment {config['id']}: no preset {preset!r}")
-                config["workflow"] = copy.deepcopy(self.state.presets[preset])
-            config.setdefault("workflow_id", str(uuid.uuid5(uuid.NAMESPACE_URL, config["id"])))
-            config.setdefault("overrides", _default_overrides(config["workflow"]))
+            self._comfyui_defaults(config)
         elif config["type"] == "lora":
             config.setdefault("workflow_id", None)
             schema = config.setdefault("schema", {"properties": {"prompt": {"type": "string"}}})
@@ -110,16 +118,17 @@ class Serverless:
             raise ValueError(f"deployment {config['id']}: instances must be at least 1")
         if float(config["keep_warm_duration_in_seconds"]) < 0:
             raise ValueError(f"deployment {config['id']}: keep_warm_duration_in_seconds must be >= 0")
-        for spec in config.pop("faults", []):
-            self.faults.add(faults_.Fault.from_spec(spec, config["id"]))
-        old = self.deployments.get(config["id"])
-        self.deployments[config["id"]] = config
-        keep_warm = float(config["keep_warm_duration_in_seconds"])
-        if old is None or old["instances"] != config["instances"]:
-            # jobs already waiting keep the old pool; new ones use the new size
-            self.pools[config["id"]] = Pool([self._new_instance() for _ in range(int(config["instances"]))],
-                                            self._new_instance, keep_warm, self.state.clock.speed)
-        self.pools[config["id"]].keep_warm = keep_warm
+        return config
+
+    def _comfyui_defaults(self, config: dict[str, Any]) -> None:
+        """A ComfyUI deployment's workflow (its preset's, unless given), workflow_id and overrides."""
+        preset = config.setdefault("preset", "image")
+        if "workflow" not in config:
+            if preset not in self.state.presets:
+                raise ValueError(f"deployment {config['id']}: no preset {preset!r}")
+            config["workflow"] = copy.deepcopy(self.state.presets[preset])
+        config.setdefault("workflow_id", str(uuid.uuid5(uuid.NAMESPACE_URL, config["id"])))
+        config.setdefault("overrides", _default_overrides(config["workflow"]))
 
     def _new_instance(self) -> str:
         return f"i-{next(self._instance):06x}"
