@@ -135,6 +135,7 @@ class Generator:
         self.queue: list[type] = []
         self.seen: set[type] = set()
         self.shadowed: set[str] = set()  # the public member names of the class being written
+        self.typevars: set[str] = set()  # TypeVars the signatures use (no bounds: none has one)
 
     # --- types ------------------------------------------------------------------------------
 
@@ -151,6 +152,9 @@ class Generator:
             return "None"
         if is_async_class(obj) and wrapped:
             return self.want(obj)
+        if isinstance(obj, typing.TypeVar):
+            self.typevars.add(obj.__name__)
+            return obj.__name__
         if isinstance(obj, type):
             if obj.__module__ == "builtins":
                 if obj.__qualname__ in self.shadowed:  # a member of the class being written
@@ -187,6 +191,8 @@ class Generator:
         raise TypeError(f"unexpected annotation part {ast.unparse(node)!r}")
 
     def render(self, node: ast.expr, names: dict[str, Any], wrapped: bool) -> str:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):  # a quoted forward reference
+            return self.render(ast.parse(node.value, mode="eval").body, names, wrapped)
         if isinstance(node, ast.Constant):
             return "None" if node.value is None else repr(node.value)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
@@ -392,7 +398,9 @@ def generate() -> str:
     first = len(ROOTS)
     ordered = classes[:first] + sorted(classes[first:], key=lambda c: c.split("class ", 1)[1])
     names = ", ".join(f'"{name}"' for name in sorted(blocking_name(r) for r in roots))
-    return "\n".join([HEADER, *gen.imports.lines(), f"__all__ = [{names}]", "", "",
+    typevars = [f'{t} = {gen.imports.ref("typing", "TypeVar")}("{t}")' for t in sorted(gen.typevars)]
+    return "\n".join([HEADER, *gen.imports.lines(), *typevars, *([""] if typevars else []),
+                      f"__all__ = [{names}]", "", "",
                       "\n\n\n".join(ordered), ""])
 
 
