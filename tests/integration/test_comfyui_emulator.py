@@ -7,13 +7,12 @@ on the machine's `main_service_url`. Everything runs on real sockets (HTTP and t
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import io
 import logging
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ from runcomfy_nb.jobs import (
 )
 from runcomfy_nb.media import Media
 
-from ..helpers import TOKEN
+from ..helpers import TOKEN, until
 
 SPEED = 50.0  # a sampler step (0.5 virtual s) takes 10 ms
 LONG = 2000  # steps of a prompt that keeps the machine busy until it is cancelled
@@ -98,23 +97,12 @@ def _quick_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_PromptRun, "POLL_INTERVAL", 0.2)
 
 
-async def until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, f"{what} not met within {timeout} s"
-        await asyncio.sleep(0.01)
-
-
 async def idle(comfy: AsyncComfyUI, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
+    async def is_idle() -> bool:
         status = await comfy.queue_status()
-        if not status.running and not status.pending:
-            return
-        assert loop.time() < deadline, f"the machine stayed busy: {status}"
-        await asyncio.sleep(0.02)
+        return not status.running and not status.pending
+
+    await until(is_idle, timeout, "the machine to go idle")
 
 
 @pytest.fixture
