@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from .clients.deployments import SERVICE as SERVERLESS
 from .clients.deployments import Deployments
@@ -18,6 +18,7 @@ from .jobs import finish_cancels
 from .transport import RateLimiter, Storage, Transport
 
 log = logging.getLogger("runcomfy_nb")
+Closable = TypeVar("Closable", Transport, Storage)
 _limiters: dict[tuple[str, int], RateLimiter] = {}
 
 
@@ -43,7 +44,7 @@ class AsyncRunComfy:
     def __repr__(self) -> str:
         return f"<AsyncRunComfy token={'set' if self.config.token else 'missing'}>"
 
-    def _keep(self, thing: Any) -> Any:
+    def _keep(self, thing: Closable) -> Closable:
         self._closables.append(thing)
         return thing
 
@@ -54,45 +55,42 @@ class AsyncRunComfy:
             self._storage = self._keep(Storage())
         return self._storage
 
+    def _transport(self, base_url: str, service: str, *, limited: bool = False) -> Transport:
+        """A transport to one RunComfy API with the account's token, closed with the client;
+        `limited`: paced by the account's Server API limiter."""
+        token = self.config.require_token()
+        limiter = _account_limiter(base_url, token.get()) if limited else None
+        return self._keep(Transport(base_url, service=service, auth={"Authorization": token},
+                                    auth_scheme="Bearer ", timeout=self.config.timeout, limiter=limiter))
+
     @property
     def deployments(self) -> Deployments:
         """Serverless deployments (ComfyUI-style and LoRA)."""
         if self._deployments is None:
-            token = self.config.require_token()
-            transport = Transport(self.config.base_url, service=SERVERLESS,
-                                  auth={"Authorization": token}, auth_scheme="Bearer ",
-                                  timeout=self.config.timeout)
-            self._deployments = Deployments(self._keep(transport), self.storage,
-                                            version=self.config.serverless_version)
+            self._deployments = Deployments(self._transport(self.config.base_url, SERVERLESS),
+                                            self.storage, version=self.config.serverless_version)
         return self._deployments
 
     @property
     def machines(self) -> Machines:
         """Dedicated GPU machines and cloud-saved workflows (Server API; needs RUNCOMFY_USER_ID)."""
         if self._machines is None:
-            token = self.config.require_token()
+            self.config.require_token()
             if not self.config.user_id:
                 raise MissingCredentials(
                     "No RunComfy user id: set RUNCOMFY_USER_ID (the UUID in your dashboard URL) "
                     "or pass user_id=..."
                 )
             # The Server API allows 1 request/s with short bursts: stay under it, never see 429.
-            transport = Transport(self.config.base_url, service=SERVER_API,
-                                  auth={"Authorization": token}, auth_scheme="Bearer ",
-                                  timeout=self.config.timeout,
-                                  limiter=_account_limiter(self.config.base_url, token.get()))
-            self._machines = Machines(self._keep(transport), self.config.user_id)
+            self._machines = Machines(self._transport(self.config.base_url, SERVER_API, limited=True),
+                                      self.config.user_id)
         return self._machines
 
     @property
     def models(self) -> Models:
         """Hosted catalog models by model_id (Model API, at `config.model_api_url`)."""
         if self._models is None:
-            token = self.config.require_token()
-            transport = Transport(self.config.model_api_url, service=MODEL_API,
-                                  auth={"Authorization": token}, auth_scheme="Bearer ",
-                                  timeout=self.config.timeout)
-            self._models = Models(self._keep(transport), self.storage)
+            self._models = Models(self._transport(self.config.model_api_url, MODEL_API), self.storage)
         return self._models
 
     async def aclose(self) -> None:
