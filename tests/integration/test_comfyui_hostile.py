@@ -20,6 +20,7 @@ from runcomfy_nb.errors import ContactLost, TransportError
 from runcomfy_nb.jobs import Job, NodeStarted, Output, Preview, Progress, Started, Status
 
 from ..doubles.comfyui_double import ComfyDouble
+from ..helpers import until
 
 SECRET = "hostile-secret-7c1d"
 WORKFLOW: dict[str, Any] = {
@@ -45,14 +46,6 @@ def workflow(steps: int = 4) -> rc.Workflow:
 
 def of(job: Job, kind: type) -> list[Any]:
     return [e for e in job.history if isinstance(e, kind)]
-
-
-async def until(check: Any, what: str, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, f"{what}: not within {timeout} s"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)
@@ -122,7 +115,7 @@ async def test_a_server_that_dies_mid_run_fails_the_job_with_contact_lost(
     caplog.set_level(logging.INFO)
     async with serving(step_delay=0.2) as (double, comfy):
         job = await comfy.queue(workflow(steps=500))
-        await until(lambda: of(job, Progress), "the sampler to start")
+        await until(lambda: of(job, Progress), what="the sampler to start")
         caplog.clear()
         await double.vanish()
         started = time.monotonic()
@@ -142,9 +135,9 @@ async def test_cancel_while_the_server_is_gone_ends_in_bounded_time(monkeypatch:
     monkeypatch.setenv("RUNCOMFY_CONTACT_TIMEOUT", "30")
     async with serving(step_delay=0.2) as (double, comfy):
         job = await comfy.queue(workflow(steps=500))
-        await until(lambda: of(job, Progress), "the sampler to start")
+        await until(lambda: of(job, Progress), what="the sampler to start")
         await double.vanish()
-        await until(lambda: job.status is Status.RUNNING, "the job to still run here")
+        await until(lambda: job.status is Status.RUNNING, what="the job to still run here")
         started = time.monotonic()
         cancelled = None
         with contextlib.suppress(TransportError):
