@@ -47,7 +47,7 @@ from aiohttp import web
 from . import faults as faults_
 from . import synth, validation
 from .envelope import absolute, error, iso, origin, with_nulls
-from .pool import DEFAULT_FAILURE, RESULT_OPTIONAL, STATUS_OPTIONAL, Pool, run_in_pool, taken
+from .pool import DEFAULT_FAILURE, RESULT_OPTIONAL, STATUS_OPTIONAL, Pool, QueueAPI, run_in_pool, taken
 from .routing import Refused, Route, mount
 from .storage import serve_file
 
@@ -261,20 +261,12 @@ def _flag(value: str | None) -> bool:
     return str(value).lower() in ("1", "true", "yes")
 
 
-class ModelAPI:
+class ModelAPI(QueueAPI):
     """The Model API's handlers over `models`, and its table."""
 
-    fault_names = faults_.REQUEST_FAULTS
-
     def __init__(self, models: Models) -> None:
+        super().__init__(models.state)
         self.models = models
-
-    @property
-    def faults(self) -> faults_.Faults:
-        return self.models.faults
-
-    async def fault_reply(self, request: web.Request, fault: faults_.Fault) -> web.StreamResponse | None:
-        return await faults_.reply(request, fault)
 
     def routes(self) -> list[Route]:
         return [

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import faults as faults_
 from . import synth
 from .envelope import error
 from .routing import Refused
@@ -119,3 +120,19 @@ async def taken(request: web.Request, create: Callable[[Any], Any]) -> Any:
         return create(body)
     except Invalid as exc:
         raise Refused(error(422, 422001, str(exc), exc.detail())) from None
+
+
+class QueueAPI:
+    """What the serverless and Model API handlers share: the request faults, in the error envelope."""
+
+    fault_names = faults_.REQUEST_FAULTS
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    @property
+    def faults(self) -> faults_.Faults:
+        return self.state.faults
+
+    async def fault_reply(self, request: web.Request, fault: faults_.Fault) -> web.StreamResponse | None:
+        return await faults_.reply(request, fault)

@@ -9,9 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import faults as faults_
 from ..envelope import absolute, error, iso, origin, with_nulls
-from ..pool import RESULT_OPTIONAL, STATUS_OPTIONAL, taken
+from ..pool import RESULT_OPTIONAL, STATUS_OPTIONAL, QueueAPI, taken
 from ..routing import Refused, Route
 from ..storage import serve_file
 from .deployments import Request, Serverless
@@ -37,20 +36,12 @@ def _status_word(dep: dict[str, Any], job: Request) -> str:
     return job.status
 
 
-class ServerlessAPI:
+class ServerlessAPI(QueueAPI):
     """The serverless API's handlers over `serverless`, and its table."""
 
-    fault_names = faults_.REQUEST_FAULTS
-
     def __init__(self, serverless: Serverless) -> None:
+        super().__init__(serverless.state)
         self.serverless = serverless
-
-    @property
-    def faults(self) -> faults_.Faults:
-        return self.serverless.faults
-
-    async def fault_reply(self, request: web.Request, fault: faults_.Fault) -> web.StreamResponse | None:
-        return await faults_.reply(request, fault)
 
     def routes(self) -> list[Route]:
         rows = []
