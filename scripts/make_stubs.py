@@ -117,6 +117,15 @@ def module_names(module: types.ModuleType) -> dict[str, Any]:
     return names
 
 
+def summary(obj: Any) -> str:
+    """The first paragraph of `obj`'s own docstring as one line's docstring (IDEs show it), or `...`."""
+    doc = obj.__doc__ if isinstance(obj, type) else inspect.getdoc(obj)
+    first = " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
+    if not first or '"' in first[-1:] or '"""' in first or "\\" in first:
+        return "..."
+    return f'"""{first}"""'
+
+
 def ignored(fn: Any) -> str:
     """The `# type: ignore[...]` of `fn`'s `def` line(s) in the source, for the stub's line."""
     try:
@@ -262,7 +271,8 @@ class Generator:
                 returns = self.type_of(ret, names, not decorators or decorators == ["@classmethod"])
             if variants:
                 lines.append(f"@{self.imports.ref('typing', 'overload')}")
-            line = f"def {name}{self.signature(variant, names, returns)}: ..."
+            body = summary(fn) if not variants or variant is variants[0] else "..."
+            line = f"def {name}{self.signature(variant, names, returns)}: {body}"
             lines += [*decorators, line + ignored(variant)]
         return lines
 
@@ -347,7 +357,8 @@ class Generator:
     def member(self, name: str, value: Any, names: dict[str, Any]) -> list[str]:
         if isinstance(value, property):
             kind = self.type_of(inspect.signature(value.fget).return_annotation, names, True)
-            return [f"{name}: {kind}"] if value.fset else ["@property", f"def {name}(self) -> {kind}: ..."]
+            getter = f"def {name}(self) -> {kind}: {summary(value.fget)}"
+            return [f"{name}: {kind}"] if value.fset else ["@property", getter]
         if inspect.isfunction(value) or isinstance(value, (classmethod, staticmethod)):
             return self.method(name, value, names)
         return []
@@ -373,6 +384,11 @@ class Generator:
         if cls.__name__ in ROOTS and inspect.isfunction(init):
             names = module_names(sys.modules[cls.__module__])
             body.insert(0, f"def __init__{self.signature(init, names, 'None')}: ...")
+        docs = [summary(cls)]
+        if cls.__name__ in ROOTS:  # the facade's own line first: "..., blocking: `AsyncX` run on ..."
+            docs.insert(0, summary(getattr(sys.modules[PACKAGE], blocking_name(cls))))
+        shown = " ".join(d.strip('"') for d in docs if d != "...")
+        body[:0] = [f'"""{shown}"""'] if shown else []
         return "\n".join([*decorator, head, *(f"    {line}" for line in body or ["..."])])
 
 
