@@ -117,11 +117,13 @@ class Job:
 
     @property
     def history(self) -> list[Event]:
+        """The events so far, in order; of the previews only the latest."""
         return list(self._history)
 
     # -- events --
     def subscribe(self, callback: Subscriber, *, replay: bool = True) -> Callable[[], None]:
-        """Call `callback(job, event)` for each event (in the job's loop); returns unsubscribe."""
+        """Call `callback(job, event)` for each new event (in the job's loop), after the history
+        when `replay` (of the previews, the latest); returns unsubscribe."""
         if replay:
             for event in self._history:
                 callback(self, event)
