@@ -8,7 +8,7 @@ import hashlib
 import io
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from runcomfy_nb.errors import (
 from runcomfy_nb.jobs import Event, Job, NodeStarted, Output, Preview, Progress, Queued, Status
 from runcomfy_nb.media import Media
 
-from ..helpers import TOKEN
+from ..helpers import TOKEN, until, wait_for
 
 KEY = "comfyui-client-key-SENTINEL-4e8a21"
 SPEED = 50.0  # a sampler step (0.5 virtual s) takes 10 ms
@@ -71,30 +71,13 @@ def _idle_account(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
                           headers=headers)
         return reply.json()["jobs"]
 
-    wait_until(lambda: not unfinished(), "the account to go idle")
+    wait_for(lambda: not unfinished(), what="the account to go idle")
 
 
 @pytest.fixture
 async def cloud(emu: Emulator) -> AsyncIterator[AsyncComfyCloud]:
     async with AsyncComfyCloud(KEY, base_url=emu.cloud_url) as client:
         yield client
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 15.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.01)
-
-
-async def until(check: Callable[[], Any], what: str = "condition", timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, f"{what}: not within {timeout} s"
-        await asyncio.sleep(0.01)
 
 
 def workflow(*, steps: int = 3, prefix: str | None = None) -> dict[str, Any]:
@@ -222,7 +205,7 @@ async def test_two_jobs_at_once_each_job_and_widget_get_only_their_own_events(
     results = await asyncio.gather(a.result(timeout=30), b.result(timeout=30))
     for job, wf, steps in ((a, alpha, 30), (b, beta, 50)):
         widget = widgets[job.id]
-        await until(lambda widget=widget: widget.status == "succeeded", "the widget to end")
+        await until(lambda widget=widget: widget.status == "succeeded", what="the widget to end")
         nodes = {value for name, value in shown[job.id] if name == "node"}
         counts = {value for name, value in shown[job.id] if name == "steps"} - {None}
         assert nodes and nodes <= set(wf) and counts <= {steps}  # never the other job's node or steps
@@ -257,12 +240,12 @@ async def test_type1_previews_go_to_a_job_only_while_it_is_the_only_one_running(
 
     monkeypatch.setattr(cloud, "_open_socket", without_feature_flags)  # type 1 frames: no prompt id
     long = await cloud.queue(workflow(steps=400))
-    await until(lambda: of(long, Preview), "a preview of the long job")
+    await until(lambda: of(long, Preview), what="a preview of the long job")
     short = await cloud.queue(renumber(workflow(steps=3), 100))
     await short.result(timeout=30)
     assert len(of(short, Progress)) == 3 and of(short, Preview) == []  # it never ran alone
     seen = long.previews_seen
-    await until(lambda: long.previews_seen > seen, "a preview once the long job runs alone again")
+    await until(lambda: long.previews_seen > seen, what="a preview once the long job runs alone again")
     assert await long.cancel() is True  # the sole running job: interrupted
     assert long.status is Status.CANCELLED
     assert len(of(long, Progress)) - long.previews_seen >= 3  # those beside `short` were dropped
@@ -417,9 +400,9 @@ async def test_cancel_deletes_a_pending_job_and_interrupts_a_sole_running_one(
         cloud: AsyncComfyCloud, emu: Emulator) -> None:
     emu.cloud_account(tier="standard")
     running = await cloud.queue(workflow(steps=400))
-    await until(lambda: running.status is Status.RUNNING, "the first job to run")
+    await until(lambda: running.status is Status.RUNNING, what="the first job to run")
     waiting = await cloud.queue(workflow(steps=2))
-    await until(lambda: of(waiting, Queued), "the second job's queue position")
+    await until(lambda: of(waiting, Queued), what="the second job's queue position")
     assert of(waiting, Queued)[-1].position == 1
     mark = len(emu.log)
     assert await waiting.cancel() is True
@@ -434,7 +417,7 @@ async def test_cancel_deletes_a_pending_job_and_interrupts_a_sole_running_one(
 async def test_cancel_never_interrupts_a_job_running_beside_others(
         cloud: AsyncComfyCloud, emu: Emulator, caplog: pytest.LogCaptureFixture) -> None:
     a, b = await asyncio.gather(cloud.queue(workflow(steps=400)), cloud.queue(workflow(steps=400)))
-    await until(lambda: a.status is b.status is Status.RUNNING, "both jobs to run")
+    await until(lambda: a.status is b.status is Status.RUNNING, what="both jobs to run")
     mark = len(emu.log)
     assert await a.cancel() is False
     assert "interrupt all running jobs" in caplog.text and "interrupt() stops them all" in caplog.text
@@ -450,7 +433,7 @@ async def test_queue_jobs_history_and_attach(cloud: AsyncComfyCloud, emu: Emulat
     emu.cloud_account(tier="standard")
     first = await cloud.queue(workflow(steps=400))
     second = await cloud.queue(workflow(steps=2))
-    await until(lambda: first.status is Status.RUNNING, "the first job to run")
+    await until(lambda: first.status is Status.RUNNING, what="the first job to run")
     status = await cloud.queue_status()
     assert (status.running, status.pending, status.position(second.id)) == ((first.id,), (second.id,), 1)
     listed = await cloud.jobs(status=["pending", "in_progress"])
@@ -458,7 +441,7 @@ async def test_queue_jobs_history_and_attach(cloud: AsyncComfyCloud, emu: Emulat
     assert all(j.created for j in listed)
     async with AsyncComfyCloud(KEY, base_url=emu.cloud_url) as other:
         followed = await other.attach(first.id)
-        await until(lambda: of(followed, Progress), "progress of the attached job")
+        await until(lambda: of(followed, Progress), what="progress of the attached job")
         assert followed.kind == "cloud" and followed.nodes_total == 7
         await other.interrupt(first.id)  # the only one running
         assert await followed.wait(10) is Status.CANCELLED
