@@ -2,8 +2,9 @@
 
 `create_app` builds one app: the request log and bearer-token middleware, the control endpoints
 (`/_emulator/...`, no token), then each emulated API in MODULES, mounted by its own
-`register(app, state)`. A module adds its routes, keeps its own objects under its own `web.AppKey`,
-and names the path prefixes that need the bearer token in `state.bearer_prefixes`.
+`register(app, state)`. A module mounts its route table (routing.py: rows of method, path, handler
+and the fault operation, the request faults applied in one place), keeps its own objects under its
+own `web.AppKey`, and names the path prefixes that need the bearer token in `state.bearer_prefixes`.
 
 Control endpoints: POST `/_emulator/faults` `{"deployment": target, "fault": name, "count": 1,
 "on": ..., **params}` arms a fault (faults.py), DELETE `/_emulator/faults` clears them all, GET
@@ -66,7 +67,7 @@ class State:
     clock: Clock
     presets: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)
-    comfy_api_key: str = field(default="", repr=False)  # Comfy Cloud's main account (cloud.py)
+    comfy_api_key: str = field(default="", repr=False)  # Comfy Cloud's main account (cloud/)
     faults: Faults = field(default_factory=Faults)
     log: list[Record] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
@@ -148,7 +149,7 @@ class Emulator:
     `Emulator(speed=20).start()` returns the base URL; `with Emulator() as emu:` starts and stops.
     `speed`: virtual seconds per real second (all durations in the config are virtual). `token`: the
     bearer token it accepts (default: a random `emu-…`). `comfy_api_key`: the Comfy Cloud account's
-    key (default: a random `comfyui-…`); Comfy Cloud is served at `cloud_url` (`{url}/cloud`, cloud.py).
+    key (default: a random `comfyui-…`); Comfy Cloud is served at `cloud_url` (`{url}/cloud`, cloud/).
     `config`: None (the packaged deployments.json), a dict of the same shape, or a path to one (an
     optional "cloud" object holds Comfy Cloud's settings). `port`: 0 picks a free one.
     """
@@ -364,7 +365,7 @@ class Emulator:
         return self._call(lambda: service.account(key or self.comfy_api_key, **changes).settings())
 
     def cloud_settings(self, **changes: Any) -> dict[str, Any]:
-        """Comfy Cloud's settings after `changes` (cloud.py): status_vocabulary ("guide", "openapi",
+        """Comfy Cloud's settings after `changes` (cloud/): status_vocabulary ("guide", "openapi",
         "newer"), step_seconds, node_seconds, load_seconds, partner_seconds, previews, url_seconds,
         checkpoints."""
         service = self._cloud

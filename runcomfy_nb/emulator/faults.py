@@ -16,7 +16,7 @@ as `null`, e.g. `"outputs": null` beside a LoRA's `"output"`; see `envelope.with
 A server that vanishes mid-run is `Emulator.stop()`: its port closes.
 Job faults: `job_fails` (`message`), `slow_queue` (`seconds` virtual, extra wait in the queue).
 Download faults: `truncate` (full Content-Length, half the bytes, then the connection closes).
-Comfy Cloud (cloud.py) answers the request faults in its own `{"code", "message"}` shape (`http_error`
+Comfy Cloud (cloud/) answers the request faults in its own `{"code", "message"}` shape (`http_error`
 takes `code`), applies them to uploads too (`on="upload"`), and reads `node_raises` (`exception_type`
 one of its categories, e.g. OOMError) and `ws_drop` as the machines' ComfyUI does.
 """
@@ -38,9 +38,9 @@ FAULTS = {
     "rate_limit": "any", "server_error": "any", "http_error": "any", "body_error": "submit",
     "drop": "submit", "delay": "submit", "job_fails": "submit", "slow_queue": "submit",
     "truncate": "download", "nulls": "any",
-    # machines (target: a server_id or "*"); see machines.py and comfyui.py
+    # machines (target: a server_id or "*"); see machines/ and comfyui/
     "never_ready": "ready", "slow_ready": "ready", "ws_drop": "ws", "node_raises": "run", "ws_refused": "ws",
-    "not_json": "status",  # machines.py: HTTP 200 whose body is an HTML page, not JSON
+    "not_json": "status",  # machines/: HTTP 200 whose body is an HTML page, not JSON
 }
 OPERATIONS = {"submit", "upload", "status", "result", "cancel", "download", "ready", "ws", "run", "any"}
 REQUEST_FAULTS = {"rate_limit", "server_error", "http_error", "body_error", "drop", "delay"}

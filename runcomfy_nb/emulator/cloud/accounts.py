@@ -41,7 +41,7 @@ from .settings import (
 
 
 class Worker(ComfyUI):
-    """One inference worker of an account: comfyui.py's engine, its messages sent to every socket of the
+    """One inference worker of an account: the comfyui package's engine, its messages sent to every socket of the
     account, its files the account's flat store, its prompts the account's jobs."""
 
     def __init__(self, account: Account, name: str) -> None:

@@ -3,7 +3,7 @@
 Routes under `/prod/api/users/{user_id}` (bearer token checked by the app's middleware): GET
 `/workflows`, GET/POST `/servers`, GET/DELETE `/servers/{server_id}`, POST
 `/servers/{server_id}/update-estimated-duration`. A machine is `Starting` for `ready_seconds`, then
-`Ready` with `main_service_url = {origin}/machines/{server_id}` (a ComfyUI backend, comfyui.py),
+`Ready` with `main_service_url = {origin}/machines/{server_id}` (a ComfyUI backend, comfyui/),
 billed per virtual second from Ready until DELETE or `estimated_stopping_at`; then `Deleting` for
 `deleting_seconds`, then gone (404).
 
@@ -45,7 +45,7 @@ KEY = web.AppKey("machines", Machines)
 
 
 def register(app: web.Application, state: Any) -> None:
-    """Mount the Server API (bearer auth on `/prod/api/`) and hand comfyui.py the machines' backends."""
+    """Mount the Server API (bearer auth on `/prod/api/`) and hand comfyui/ the machines' backends."""
     fleet = Machines(state, state.config)
     app[KEY] = fleet
     app[comfyui.BACKENDS] = fleet.backend
