@@ -13,7 +13,8 @@ import anywidget
 import traitlets as t
 
 from ..errors import JobCancelled
-from ..jobs import Event, Failed, Finished, Job, NodeStarted, Output, Preview, Progress, Queued, Started
+from ..events import Event, Failed, Finished, NodeStarted, Output, Preview, Progress, Queued, Started
+from ..jobs import Job
 from ..loops import behind, call, spawn
 from ..timefmt import format_duration
 from .assets import css, esm
