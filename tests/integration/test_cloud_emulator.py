@@ -24,7 +24,7 @@ from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.emulator.cloud import CLOUD_ERRORS, PARTNER_NODE, PARTNER_UNAUTHORIZED
 
-from ..helpers import TOKEN
+from ..helpers import TOKEN, until, wait_for
 
 KEY = "comfyui-cloud-key-SENTINEL-9d41c7"
 HEADERS = {"X-API-Key": KEY}
@@ -64,22 +64,6 @@ def ws_url(emu: Emulator, client_id: str, token: str | None = KEY) -> str:
 def unfinished(emu: Emulator) -> list[dict[str, Any]]:
     reply = httpx.get(f"{api(emu)}/jobs", params={"status": "pending,in_progress"}, headers=HEADERS)
     return reply.json()["jobs"]
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
-        time.sleep(0.01)
-    return value
-
-
-async def until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
-        await asyncio.sleep(0.01)
-    return value
 
 
 def workflow(*, steps: int = 3, prefix: str | None = None) -> dict[str, Any]:
