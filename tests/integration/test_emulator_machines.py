@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter, ImageStat
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 
-from ..helpers import TOKEN
+from ..helpers import TOKEN, until, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -49,17 +49,6 @@ def _no_faults(emu: Emulator) -> Iterator[None]:
 
 def api(emu: Emulator) -> str:
     return f"{emu.url}/prod/api/users/{emu.user_id}"
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {check}")
-        time.sleep(interval)
 
 
 def version(emu: Emulator, preset: str = "image") -> str:
@@ -406,13 +395,12 @@ def finished(prompt_id: str) -> Callable[[list[tuple[str, Any]]], bool]:
 async def connect(session: aiohttp.ClientSession, comfy: str, client_id: str,
                   flags: bool = False) -> Socket:
     """A socket on an idle machine (so no earlier prompt's broadcasts reach it)."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
+
+    async def idle() -> bool:
         async with session.get(f"{comfy}/prompt") as reply:
-            if (await reply.json())["exec_info"]["queue_remaining"] == 0:
-                break
-        assert asyncio.get_running_loop().time() < deadline, "the machine stays busy"
-        await asyncio.sleep(0.02)
+            return bool((await reply.json())["exec_info"]["queue_remaining"] == 0)
+
+    await until(idle, 10, "the machine to go idle")
     ws = await session.ws_connect(f"{comfy.replace('http', 'ws', 1)}/ws?clientId={client_id}")
     socket = Socket(ws)
     if flags:
@@ -434,14 +422,11 @@ async def queue(session: aiohttp.ClientSession, comfy: str, prompt: dict[str, An
 
 
 async def history(session: aiohttp.ClientSession, comfy: str, prompt_id: str, timeout: float = 10) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    async def entry() -> Any:
         async with session.get(f"{comfy}/history/{prompt_id}") as reply:
-            body = await reply.json()
-        if body:
-            return body[prompt_id]
-        assert asyncio.get_running_loop().time() < deadline, "no history"
-        await asyncio.sleep(0.02)
+            return (await reply.json()).get(prompt_id)
+
+    return await until(entry, timeout, f"the history of {prompt_id}")
 
 
 def edges(jpeg: bytes) -> float:
