@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import pytest
 from PIL import Image
 
 from runcomfy_nb.emulator import Emulator, synth
+
+from ..helpers import wait_for
 
 TOKEN = "emu-test-token-7c1d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -56,15 +57,15 @@ def poll(http: httpx.Client, run: dict[str, Any], until: Callable[[dict[str, Any
          deadline: float = 10.0) -> list[dict[str, Any]]:
     """Status replies until `until(reply)` holds (the last one satisfies it); fails at the deadline."""
     seen: list[dict[str, Any]] = []
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
+
+    def matched() -> bool:
         reply = http.get(run["status_url"])
         assert reply.status_code == 200, reply.text
         seen.append(reply.json())
-        if until(seen[-1]):
-            return seen
-        time.sleep(0.01)
-    raise AssertionError(f"no status matched within {deadline} s; last: {seen[-1:]}")
+        return until(seen[-1])
+
+    wait_for(matched, deadline, "a matching status")
+    return seen
 
 
 def finish(http: httpx.Client, run: dict[str, Any]) -> dict[str, Any]:
