@@ -89,12 +89,6 @@ class ComfyCloud(ComfyUI):
     def queue(self, workflow: Workflow | Mapping[str, Any], *, partner_key: bool | str | Secret | None = ..., extra_data: Mapping[str, Any] | None = ..., label: str | None = ...) -> Job: """Submit an API-format workflow and return its `Job`, followed over the shared WebSocket."""
     def interrupt(self, prompt_id: str | None = ...) -> None: """Stop the account's running jobs — all of them: Cloud cannot stop just one. With `prompt_id`, only if that job is the sole one running (else ValidationError, nothing sent)."""
     def free(self, *, unload_models: bool = ..., free_memory: bool = ...) -> None: """Not on Comfy Cloud: it manages its workers' memory itself."""
-    service: str
-    kind: str
-    label: str
-    handle: str
-    def __enter__(self) -> Self: ...
-    def __exit__(self, *exc: object) -> None: ...
 
 
 @type_check_only
@@ -110,8 +104,6 @@ class Deployments(PolledRequests):
     def proxy(self, deployment_id: str, instance_id: str, path: str, body: Any = ..., *, method: str = ...) -> Any: """Call the ComfyUI of a live instance (the `instance_id` of a request, from in_progress until the deployment's keep-warm period ends), e.g. `proxy(dep, inst, "api/free", {"unload_models": True, "free_memory": True})`. Returns the backend's reply: JSON, text, or None for an empty body. POST is what the API documents; GET is forwarded by the emulator and may be refused by the service. Only GET calls are retried."""
     def object_info(self, deployment_id: str, instance_id: str | None = ..., *, refresh: bool = ...) -> dict[str, Any]: """The node schemas (`/object_info`) of the deployment's ComfyUI: from a live instance through the proxy (GET) when `instance_id` is given and that works, else from the `object_info_url` of the deployment's payload. Cached per deployment; `refresh=True` reads again. Do not modify what it returns."""
     def validate(self, deployment_id: str, overrides: Mapping[Any, Any] | None = ..., *, workflow: Workflow | Mapping[str, Any] | None = ..., instance_id: str | None = ...) -> dict[str, dict[str, Any]]: """Check `overrides` against the deployment's saved workflow and its real nodes (or, with `workflow=`, every node of that workflow against the nodes) before anything is paid for: unknown node or input (with a did-you-mean), wrong type, value not in its list, out of range. Raises one ValidationError naming every problem; returns the overrides keyed by node id (titles and unique class names resolved; `{}` with `workflow=`). Reads the deployment (GET) each time; its node schemas are cached until the deployment changes."""
-    service: str
-    kind: str
 
 
 @type_check_only
@@ -122,8 +114,8 @@ class Job:
     @property
     def elapsed(self) -> float: ...
     @property
-    def history(self) -> list[Event]: ...
-    def subscribe(self, callback: Subscriber, *, replay: bool = ...) -> Callable[[], None]: """Call `callback(job, event)` for each event (in the job's loop); returns unsubscribe."""
+    def history(self) -> list[Event]: """The events so far, in order; of the previews only the latest."""
+    def subscribe(self, callback: Subscriber, *, replay: bool = ...) -> Callable[[], None]: """Call `callback(job, event)` for each new event (in the job's loop), after the history when `replay` (of the previews, the latest); returns unsubscribe."""
     def events(self) -> Iterator[Event]: """The history, then every new event until the job ends (in the job's loop)."""
     def emit(self, event: Event) -> None: """Record an event and tell subscribers (called by backends)."""
     def wait(self, timeout: float | None = ...) -> Status: """Wait until the job ends (or `timeout` passes); returns the status."""
@@ -227,8 +219,6 @@ class Models(PolledRequests):
     def list(self, search: str | None = ..., *, category: str | None = ..., kind: str | None = ..., include_schema: bool = ..., limit: int | None = ..., offset: int | None = ...) -> ModelPage: """One page of the catalog, optionally filtered by a search text, category or kind."""
     def categories(self) -> builtins.list[str]: ...
     def get(self, model_id: str) -> ModelInfo: """One catalog entry with its input and output schema."""
-    service: str
-    kind: str
 
 
 @type_check_only

@@ -126,6 +126,37 @@ def summary(obj: Any) -> str:
     return f'"""{first}"""'
 
 
+def init_assignments(cls: type) -> list[tuple[str, ast.Assign | ast.AnnAssign]]:
+    """The public `self.x = ...` (or `self.x: T = ...`) statements of `cls.__init__`."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(vars(cls)["__init__"])))
+    except (KeyError, OSError, TypeError):  # none, or made by @dataclass (its fields are annotations)
+        return []
+    found: list[tuple[str, ast.Assign | ast.AnnAssign]] = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr]
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        elif isinstance(node, ast.Assign):
+            targets = node.targets
+        else:
+            continue
+        found += [(t.attr, node) for t in targets
+                  if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                  and t.value.id == "self" and not t.attr.startswith("_")]
+    return found
+
+
+def declared(cls: type) -> set[str]:
+    """Every public name `cls` and its bases of this package define: members, fields, attributes."""
+    names: set[str] = set()
+    for owner in cls.__mro__:
+        if owner.__module__.startswith(PACKAGE):
+            names |= {n for n in [*vars(owner), *inspect.get_annotations(owner)] if not n.startswith("_")}
+            names |= {attr for attr, _ in init_assignments(owner)}
+    return names
+
+
 def ignored(fn: Any) -> str:
     """The `# type: ignore[...]` of `fn`'s `def` line(s) in the source, for the stub's line."""
     try:
@@ -242,7 +273,7 @@ class Generator:
             if p.kind is p.KEYWORD_ONLY and not star:
                 parts.append("*")
                 star = True
-            prefix = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "")
+            prefix = "*" if p.kind is p.VAR_POSITIONAL else "**" if p.kind is p.VAR_KEYWORD else ""
             star = star or p.kind is p.VAR_POSITIONAL
             text = f"{prefix}{p.name}"
             if not (n == 0 and p.name in ("self", "cls")):
@@ -281,24 +312,13 @@ class Generator:
 
     def init_attributes(self, cls: type, names: dict[str, Any]) -> dict[str, str]:
         """`self.x = ...` in `__init__`: the annotation, a parameter's, or what a call returns."""
-        init = vars(cls).get("__init__")
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(init)))
-        except (OSError, TypeError):  # none, or made by @dataclass (its fields are annotations)
-            return {}
-        params = inspect.signature(init).parameters
         found: dict[str, str] = {}
-        for node in ast.walk(tree):
-            targets = [node.target] if isinstance(node, ast.AnnAssign) else \
-                node.targets if isinstance(node, ast.Assign) else []
-            for target in targets:
-                if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
-                        and target.value.id == "self") or target.attr.startswith("_"):
-                    continue
-                if isinstance(node, ast.AnnAssign):
-                    found.setdefault(target.attr, self.type_of(ast.unparse(node.annotation), names, True))
-                else:
-                    found.setdefault(target.attr, self.inferred(node.value, params, names))
+        for attr, node in init_assignments(cls):
+            if isinstance(node, ast.AnnAssign):
+                found.setdefault(attr, self.type_of(ast.unparse(node.annotation), names, True))
+            elif node.value is not None:
+                params = inspect.signature(vars(cls)["__init__"]).parameters
+                found.setdefault(attr, self.inferred(node.value, params, names))
         return found
 
     def inferred(self, node: ast.expr, params: Any, names: dict[str, Any]) -> str:
@@ -330,6 +350,8 @@ class Generator:
     def members(self, cls: type) -> list[str]:
         """The public members of `cls` and of the bases the stub does not write as classes."""
         lines: list[str] = []
+        written_bases = [b for b in cls.__bases__ if written(b)]
+        inherited = set().union(*map(declared, written_bases))
         done: set[str] = set()
         for owner in self.owners(cls):
             names = module_names(sys.modules[owner.__module__])
@@ -338,10 +360,11 @@ class Generator:
                 lines += member
                 done.update([name] if member else [])
             for name, kind in self.attributes(owner, names).items():
-                if name not in done:
+                if name not in done and name not in inherited:  # a base's attribute set again
                     lines.append(f"{name}: {kind}")
                     done.add(name)
-        if hasattr(cls, "aclose"):  # `with` closes a view (sync.Blocking.__exit__)
+        if hasattr(cls, "aclose") and not any(hasattr(b, "aclose") for b in written_bases):
+            # `with` closes a view (sync.Blocking.__exit__)
             lines += [f"def __enter__(self) -> {self.imports.ref('typing_extensions', 'Self')}: ...",
                       "def __exit__(self, *exc: object) -> None: ..."]
         return lines
@@ -355,7 +378,7 @@ class Generator:
                 if o not in stop and o is not object and o.__module__.startswith(PACKAGE)]
 
     def member(self, name: str, value: Any, names: dict[str, Any]) -> list[str]:
-        if isinstance(value, property):
+        if isinstance(value, property) and value.fget is not None:
             kind = self.type_of(inspect.signature(value.fget).return_annotation, names, True)
             getter = f"def {name}(self) -> {kind}: {summary(value.fget)}"
             return [f"{name}: {kind}"] if value.fset else ["@property", getter]
