@@ -119,7 +119,8 @@ class Fetcher(Protocol):
     loop it works on. A fetcher may add `public_url(media)` when a browser can load the URL
     itself (widgets then use it instead of passing bytes through the kernel)."""
 
-    loop: Any
+    @property
+    def loop(self) -> Any: ...
 
     async def read(self, media: Media) -> bytes: ...
 

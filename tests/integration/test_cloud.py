@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 import runcomfy_nb as rc
-from runcomfy_nb.clients import comfyui
 from runcomfy_nb.clients.cloud import AsyncComfyCloud
-from runcomfy_nb.clients.comfyui import _PromptRun
+from runcomfy_nb.clients.comfyui import SocketRun
+from runcomfy_nb.clients.comfyui import client as comfyui_client
 from runcomfy_nb.config import Config
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
@@ -55,8 +55,8 @@ def emu() -> Iterator[Emulator]:
 @pytest.fixture(autouse=True)
 def _idle_account(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Quick checks, default settings, no faults; afterwards nothing left queued or running."""
-    monkeypatch.setattr(_PromptRun, "IDLE_CHECK", 2.0)
-    monkeypatch.setattr(_PromptRun, "POLL_INTERVAL", 0.2)
+    monkeypatch.setattr(SocketRun, "IDLE_CHECK", 2.0)
+    monkeypatch.setattr(SocketRun, "POLL_INTERVAL", 0.2)
     emu.clear_faults()
     yield
     emu.clear_faults()
@@ -236,9 +236,9 @@ async def test_type1_previews_go_to_a_job_only_while_it_is_the_only_one_running(
     async def without_feature_flags(client_id: str) -> Any:
         from websockets.asyncio.client import connect
 
-        return await connect(cloud._ws_url(client_id))
+        return await connect(cloud._cloud.ws_url(cloud._base.get(), client_id))
 
-    monkeypatch.setattr(cloud, "_open_socket", without_feature_flags)  # type 1 frames: no prompt id
+    monkeypatch.setattr(cloud._link, "open_socket", without_feature_flags)  # type 1 frames: no prompt id
     long = await cloud.queue(workflow(steps=400))
     await until(lambda: of(long, Preview), what="a preview of the long job")
     short = await cloud.queue(renumber(workflow(steps=3), 100))
@@ -282,7 +282,7 @@ async def test_without_a_socket_jobs_are_followed_by_their_status(
     async def refused(client_id: str) -> Any:
         raise OSError("no socket today")
 
-    monkeypatch.setattr(cloud, "_open_socket", refused)
+    monkeypatch.setattr(cloud._link, "open_socket", refused)
     mark = len(emu.log)
     done = await cloud.queue(workflow(steps=3))
     waiting = await cloud.queue(workflow(steps=3))
@@ -315,7 +315,7 @@ async def test_without_a_socket_jobs_are_followed_by_their_status(
     ("preparing", Status.RUNNING), ("executing", Status.RUNNING), ("cancel_requested", Status.RUNNING),
 ])
 async def test_every_documented_status_spelling(cloud: AsyncComfyCloud, raw: str, status: Status) -> None:
-    job = cloud._cloud_job({"id": "j1", "status": raw, "error_message": "worker lost"}, {})
+    job = cloud._cloud.read_job(cloud._link, {"id": "j1", "status": raw, "error_message": "worker lost"}, {})
     assert (job.id, job.status, job.raw_status) == ("j1", status, raw)
     assert (job.error is not None) is (status is Status.FAILED)
 
@@ -352,7 +352,7 @@ async def test_partner_nodes_get_the_key_only_when_needed(cloud: AsyncComfyCloud
 
 async def test_partner_key_is_sent_when_the_node_list_cannot_be_read(
         cloud: AsyncComfyCloud, emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(comfyui, "_OBJECT_INFO", {})
+    monkeypatch.setattr(comfyui_client, "_OBJECT_INFO", {})
     sent = prompt_bodies(cloud, monkeypatch)
     emu.set_fault("cloud", "server_error", count=-1, on="status")
     job = await cloud.queue(partner_workflow())
@@ -381,7 +381,8 @@ async def test_outputs_download_via_the_signed_redirect_without_the_key(
     naive = httpx.get(media.url, headers={"X-API-Key": KEY}, follow_redirects=True)
     assert naive.status_code == 403 and len(emu.leaks) == leaks + 1
 
-    gone = Media(url=cloud._view_url("gone.png"), filename="gone.png", kind="image", _fetcher=media._fetcher)
+    gone = Media(url=cloud._link.view_url("gone.png"), filename="gone.png", kind="image",
+                 _fetcher=media._fetcher)
     with pytest.raises(NotFound):
         await gone.read()
     foreign = Media(url="https://example.com/x.png", filename="x.png", kind="image", _fetcher=media._fetcher)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import runcomfy_nb as rc
-from runcomfy_nb.clients.comfyui import AsyncComfyUI, UploadedFile, _PromptRun
+from runcomfy_nb.clients.comfyui import AsyncComfyUI, SocketRun, UploadedFile
 from runcomfy_nb.errors import JobCancelled, JobFailed, NotFound, TransportError, ValidationError
 from runcomfy_nb.jobs import (
     Event,
@@ -60,8 +60,8 @@ def workflow(**ksampler: Any) -> rc.Workflow:
 
 @pytest.fixture(autouse=True)
 def _quick_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_PromptRun, "IDLE_CHECK", 2.0)
-    monkeypatch.setattr(_PromptRun, "POLL_INTERVAL", 0.3)
+    monkeypatch.setattr(SocketRun, "IDLE_CHECK", 2.0)
+    monkeypatch.setattr(SocketRun, "POLL_INTERVAL", 0.3)
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ async def test_outputs_download_via_view(comfy: AsyncComfyUI, double: ComfyDoubl
     assert Image.open(io.BytesIO(stored)).format == "PNG"
     assert double.count("GET", "/view") == 2
     assert not list(tmp_path.glob(".*part"))
-    missing = Media(url=comfy._view_url("gone.png"), filename="gone.png", kind="image",
+    missing = Media(url=comfy._link.view_url("gone.png"), filename="gone.png", kind="image",
                     _fetcher=media._fetcher)
     with pytest.raises(NotFound):
         await missing.read()
@@ -337,7 +337,7 @@ async def test_base_url_never_in_reprs_messages_or_logs(comfy: AsyncComfyUI, dou
     with pytest.raises(ValidationError) as unknown_class:
         await comfy.object_info("NoSuchNode")
     errors.append(unknown_class.value)
-    missing = Media(url=comfy._view_url("gone.png"), filename="gone.png", kind="image",
+    missing = Media(url=comfy._link.view_url("gone.png"), filename="gone.png", kind="image",
                     _fetcher=result.media[0]._fetcher)
     with pytest.raises(NotFound) as not_found:
         await missing.read()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runcomfy_nb.clients.cloud import AsyncComfyCloud
-from runcomfy_nb.clients.comfyui import _PromptRun
+from runcomfy_nb.clients.comfyui import SocketRun
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.errors import ContactLost
@@ -34,8 +34,8 @@ async def test_a_cloud_that_stops_answering_fails_the_job_with_contact_lost(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     limit = 2.0
     monkeypatch.setenv("RUNCOMFY_CONTACT_TIMEOUT", str(limit))
-    monkeypatch.setattr(_PromptRun, "IDLE_CHECK", 2.0)
-    monkeypatch.setattr(_PromptRun, "POLL_INTERVAL", 0.3)
+    monkeypatch.setattr(SocketRun, "IDLE_CHECK", 2.0)
+    monkeypatch.setattr(SocketRun, "POLL_INTERVAL", 0.3)
     caplog.set_level(logging.INFO)
     emu = Emulator(speed=50.0, token=TOKEN, comfy_api_key=KEY)
     emu.start()

@@ -22,7 +22,7 @@ import pytest_asyncio
 from PIL import Image
 
 import runcomfy_nb as rc
-from runcomfy_nb.clients.comfyui import AsyncComfyUI, UploadedFile, _PromptRun
+from runcomfy_nb.clients.comfyui import AsyncComfyUI, SocketRun, UploadedFile
 from runcomfy_nb.clients.machines import Machine
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
@@ -93,8 +93,8 @@ async def machine(emu: Emulator) -> AsyncIterator[Launched]:
 
 @pytest.fixture(autouse=True)
 def _quick_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_PromptRun, "IDLE_CHECK", 2.0)
-    monkeypatch.setattr(_PromptRun, "POLL_INTERVAL", 0.2)
+    monkeypatch.setattr(SocketRun, "IDLE_CHECK", 2.0)
+    monkeypatch.setattr(SocketRun, "POLL_INTERVAL", 0.2)
 
 
 async def idle(comfy: AsyncComfyUI, timeout: float = 10.0) -> None:
@@ -252,7 +252,7 @@ async def test_outputs_download_as_png(comfy: AsyncComfyUI, machine: Launched, e
     assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.rglob(".*part"))
     views = requests(emu, machine, mark, "GET", "/view")
     assert len(views) == 5 and all(r.status == 200 and not r.has_authorization for r in views)
-    missing = Media(url=comfy._view_url("gone.png"), filename="gone.png", kind="image",
+    missing = Media(url=comfy._link.view_url("gone.png"), filename="gone.png", kind="image",
                     _fetcher=first._fetcher)
     with pytest.raises(NotFound):
         await missing.read()
@@ -271,10 +271,10 @@ async def test_upload_renames_on_a_clash(comfy: AsyncComfyUI, machine: Launched,
     assert (await comfy.upload(green, filename=name)).name == f"{stem} (1).png"  # found again
     assert (await comfy.upload(blue, filename=name, overwrite=True)).name == name
 
-    view = Media(url=comfy._view_url(f"{stem} (1).png", type="input"), filename="x.png", kind="image",
+    view = Media(url=comfy._link.view_url(f"{stem} (1).png", type="input"), filename="x.png", kind="image",
                  _fetcher=comfy._fetcher)
     assert await view.read() == green
-    replaced = Media(url=comfy._view_url(name, type="input"), filename=name, kind="image",
+    replaced = Media(url=comfy._link.view_url(name, type="input"), filename=name, kind="image",
                      _fetcher=comfy._fetcher)
     assert await replaced.read() == blue
 
@@ -402,7 +402,7 @@ async def test_ws_drop_reconnects_and_the_job_succeeds(
 
 async def test_ws_drop_without_reconnect_is_reconciled_from_history(
         comfy: AsyncComfyUI, machine: Launched, emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_PromptRun, "MAX_DROPS", 0)  # the first drop: follow by polling only
+    monkeypatch.setattr(SocketRun, "MAX_DROPS", 0)  # the first drop: follow by polling only
     emu.set_fault(machine.server_id, "ws_drop", at_step=3)
     mark = len(emu.log)
     wf = prompt(machine, steps=10)
@@ -592,14 +592,14 @@ async def test_machine_url_never_in_reprs_messages_or_logs(
         await long.result()
     errors.append(cancelled.value)
 
-    monkeypatch.setattr(_PromptRun, "MAX_DROPS", 0)  # logs the fallback to polling
+    monkeypatch.setattr(SocketRun, "MAX_DROPS", 0)  # logs the fallback to polling
     emu.set_fault(machine.server_id, "ws_drop", at_step=1)
     await (await comfy.queue(prompt(machine, steps=3))).result(timeout=10)
 
     with pytest.raises(ValidationError) as unknown_class:
         await comfy.object_info("NoSuchNode", refresh=True)
     errors.append(unknown_class.value)
-    missing = Media(url=comfy._view_url("gone.png"), filename="gone.png", kind="image",
+    missing = Media(url=comfy._link.view_url("gone.png"), filename="gone.png", kind="image",
                     _fetcher=result.media[0]._fetcher)
     with pytest.raises(NotFound) as not_found:
         await missing.read()

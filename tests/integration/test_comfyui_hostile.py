@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import runcomfy_nb as rc
-from runcomfy_nb.clients.comfyui import AsyncComfyUI, _PromptRun
+from runcomfy_nb.clients.comfyui import AsyncComfyUI, SocketRun
 from runcomfy_nb.errors import ContactLost, TransportError
 from runcomfy_nb.jobs import Job, NodeStarted, Output, Preview, Progress, Started, Status
 
@@ -50,8 +50,8 @@ def of(job: Job, kind: type) -> list[Any]:
 
 @pytest.fixture(autouse=True)
 def _quick_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_PromptRun, "IDLE_CHECK", 2.0)
-    monkeypatch.setattr(_PromptRun, "POLL_INTERVAL", 0.3)
+    monkeypatch.setattr(SocketRun, "IDLE_CHECK", 2.0)
+    monkeypatch.setattr(SocketRun, "POLL_INTERVAL", 0.3)
 
 
 @contextlib.asynccontextmanager
