@@ -51,6 +51,15 @@ def test_the_widgets_import_no_facade_and_hand_work_to_loops_only_through_the_br
     assert not [f"{path.name}: {word}" for path in widgets for word in handoffs if word in path.read_text()]
 
 
+def test_the_bridge_sees_through_blocking_views() -> None:
+    from runcomfy_nb import loops
+    from runcomfy_nb.sync import Blocking
+
+    target = object()
+    assert loops.behind(Blocking(target)) is target and loops.behind(target) is target
+    assert loops.home(Blocking(target)) is loops.background()
+
+
 def run(script: str) -> str:
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
                           timeout=60)
