@@ -243,9 +243,10 @@ class PolledRequests:
         self.followed: weakref.WeakSet[Job] = weakref.WeakSet()
         self._durations: dict[str, DurationModel] = {}
 
-    def durations(self, key: str) -> DurationModel:
-        """The recent run times of one deployment or model, which its polls are planned with."""
-        return self._durations.setdefault(key, DurationModel())
+    def durations(self, target: str) -> DurationModel:
+        """The recent run times of one deployment or model (`target`: its id), which its polls are
+        planned with."""
+        return self._durations.setdefault(target, DurationModel())
 
     def _request_id(self, reply: Any) -> str:
         """The request id a submit reply carries; UnexpectedReply if it has none."""
@@ -254,9 +255,9 @@ class PolledRequests:
             raise UnexpectedReply(f"{self.service} accepted the submit but returned no request_id.")
         return str(request_id)
 
-    def _follow(self, request: Request, *, runs_of: str, what: str, reattach: str, label: str) -> Job:
-        """A running Job that polls `request`; `runs_of` names its deployment's or model's run times."""
-        backend = PolledRun(request, durations=self.durations(runs_of), what=what,
+    def _follow(self, request: Request, *, target: str, what: str, reattach: str, label: str) -> Job:
+        """A running Job that polls `request` of the deployment or model `target`."""
+        backend = PolledRun(request, durations=self.durations(target), what=what,
                             service=self.service, reattach=reattach)
         job = Job(backend, kind=self.kind, id=request.request_id, label=label)
         self.followed.add(job)

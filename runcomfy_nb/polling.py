@@ -6,6 +6,7 @@ is first polled when the fastest recent job would have been done for `gap` secon
 `gap` seconds until the slowest recent one would have been, then with growing pauses. With no
 history, polls start fast and back off. While a job waits in a queue, pauses grow too. So the
 result arrives within about `gap` seconds of completion at a fraction of fixed-interval calls.
+The backend that follows a request with this plan is `polled.PolledRun`.
 """
 
 from __future__ import annotations

@@ -224,7 +224,7 @@ class Deployments(PolledRequests):
 
     def attach(self, deployment_id: str, request_id: str, *, label: str | None = None) -> Job:
         """Follow an existing request as a Job (call inside the event loop)."""
-        return self._follow(self._request(deployment_id, request_id), runs_of=deployment_id,
+        return self._follow(self._request(deployment_id, request_id), target=deployment_id,
                             what="The deployment run", label=label or f"{deployment_id} · {request_id[:8]}",
                             reattach=f"`client.deployments.attach({deployment_id!r}, {request_id!r})`")
 

@@ -213,7 +213,7 @@ class Models(PolledRequests):
         if not isinstance(request_id, str) or not request_id.strip():
             raise ValidationError("request_id must be the id a submit returned (a string).")
         known = f", model_id={model_id!r}" if model_id else ""
-        return self._follow(self._request(request_id), runs_of=model_id or "",
+        return self._follow(self._request(request_id), target=model_id or "",
                             what=f"The model run{f' of {model_id}' if model_id else ''}",
                             label=label or f"{model_id or 'model'} · {request_id[:8]}",
                             reattach=f"`client.models.attach({request_id!r}{known})`")
