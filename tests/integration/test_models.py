@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,8 @@ from runcomfy_nb.clients.models import Models, check_inputs, check_model_id
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.jobs import Finished, Output, Queued, Started, Status
+
+from ..helpers import until, wait_for
 
 TOKEN = "rc_models_token_SENTINEL_83c1a0"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -58,11 +58,10 @@ def posts(emu: Emulator, model_id: str | None = None) -> int:
 
 
 async def until_status(client: rc.AsyncRunComfy, request_id: str, wanted: Status) -> None:
-    for _ in range(500):
-        if (await client.models.status(request_id)).status is wanted:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{request_id} never became {wanted}")
+    async def reached() -> bool:
+        return (await client.models.status(request_id)).status is wanted
+
+    await until(reached, what=f"{request_id} to become {wanted}")
 
 
 # --- runs and output shapes --------------------------------------------------------------------
@@ -134,10 +133,7 @@ async def test_queue_position_cancel_queued_and_not_cancellable(client: rc.Async
     with pytest.raises(rc.JobCancelled):
         await second.result(5)
     assert (await client.models.status(third.id)).queue_position == 0
-    for _ in range(100):
-        if any(isinstance(e, Queued) for e in third.history):
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: any(isinstance(e, Queued) for e in third.history), what="the third job queued")
     assert any(isinstance(e, Queued) and e.position is not None for e in third.history)
     assert await client.models.cancel(running.id) is False  # in progress: not_cancellable
     assert await running.cancel(wait=0.2) is False
@@ -364,12 +360,13 @@ def test_wire_contract(fresh: Emulator) -> None:
         assert run["status_url"] == f"{fresh.url}/v1/requests/{rid}/status"
         assert run["result_url"].endswith("/result") and run["cancel_url"].endswith("/cancel")
         seen = []
-        for _ in range(400):
-            status = http.get(run["status_url"]).json()
+
+        def completed() -> dict[str, Any] | None:
+            status: dict[str, Any] = http.get(run["status_url"]).json()
             seen.append(status["status"])
-            if status["status"] == "completed":
-                break
-            time.sleep(0.01)
+            return status if status["status"] == "completed" else None
+
+        status = wait_for(completed, what="the request to complete")
         assert seen[-1] == "completed" and set(seen) <= {"in_queue", "in_progress", "completed"}
         assert {"request_id", "status_url", "result_url"} <= set(status)
         result = http.get(run["result_url"]).json()
