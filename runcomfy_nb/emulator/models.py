@@ -46,7 +46,7 @@ from aiohttp import web
 
 from . import faults as faults_
 from . import synth, validation
-from .envelope import absolute, error, iso, origin, with_nulls
+from .envelope import absolute, error, iso, origin
 from .pool import DEFAULT_FAILURE, RESULT_OPTIONAL, STATUS_OPTIONAL, Pool, QueueAPI, run_in_pool, taken
 from .routing import Refused, Route, mount
 from .storage import serve_file
@@ -274,8 +274,10 @@ class ModelAPI(QueueAPI):
             Route("GET", "/v1/models/categories", self.categories, "status", self.catalog_reads),
             Route("GET", "/v1/models/{model_id:.+}", self.describe, "status", self.model),
             Route("POST", "/v1/models/{model_id:.+}", self.submit, "submit", self.model, after_taken=True),
-            Route("GET", "/v1/requests/{rid}/status", self.status, "status", self.request_named),
-            Route("GET", "/v1/requests/{rid}/result", self.result, "result", self.request_named),
+            Route("GET", "/v1/requests/{rid}/status", self.status, "status", self.request_named,
+                  optional=STATUS_OPTIONAL),
+            Route("GET", "/v1/requests/{rid}/result", self.result, "result", self.request_named,
+                  optional=RESULT_OPTIONAL),
             Route("POST", "/v1/requests/{rid}/cancel", self.cancel, "cancel", self.request_named),
             Route("GET", "/storage/models/{rid}/{filename}", self.output_file),
         ]
@@ -299,9 +301,6 @@ class ModelAPI(QueueAPI):
         """The request a call names (None: unknown, a 404 once the faults had their turn)."""
         job = self.models.requests.get(request.match_info["rid"])
         return job, job.model if job else "*"
-
-    def nulls(self, job: ModelRequest, operation: str) -> bool:
-        return bool(self.faults.take(job.model, operation, {"nulls"}))
 
     # --- the catalog ---------------------------------------------------------------------------
     async def catalog(self, request: web.Request, _: None) -> web.StreamResponse:
@@ -335,7 +334,7 @@ class ModelAPI(QueueAPI):
         job = await taken(request, partial(self.models.create, model))
         return web.json_response({"request_id": job.id, **_urls(request, job.id)})
 
-    async def status(self, request: web.Request, job: ModelRequest | None) -> web.StreamResponse:
+    async def status(self, request: web.Request, job: ModelRequest | None) -> dict[str, Any]:
         job = _known(job)
         word = "completed" if job.status in ("succeeded", "failed") else job.status
         body: dict[str, Any] = {"request_id": job.id, "status": word}
@@ -343,9 +342,9 @@ class ModelAPI(QueueAPI):
             body["queue_position"] = self.models.queue_position(job)
         urls = _urls(request, job.id)
         body.update(status_url=urls["status_url"], result_url=urls["result_url"])
-        return with_nulls(body, STATUS_OPTIONAL, self.nulls(job, "status"))
+        return body
 
-    async def result(self, request: web.Request, job: ModelRequest | None) -> web.StreamResponse:
+    async def result(self, request: web.Request, job: ModelRequest | None) -> dict[str, Any]:
         job = _known(job)
         body: dict[str, Any] = {"request_id": job.id, "status": job.status, "created_at": iso(job.created)}
         if job.status == "succeeded":
@@ -354,7 +353,7 @@ class ModelAPI(QueueAPI):
             body["error"] = job.error
         if job.done and job.finished_wall is not None:
             body["finished_at"] = iso(job.finished_wall)
-        return with_nulls(body, RESULT_OPTIONAL, self.nulls(job, "result"))
+        return body
 
     async def cancel(self, request: web.Request, job: ModelRequest | None) -> web.StreamResponse:
         job = _known(job)

@@ -7,7 +7,8 @@ it returns `(context, target)` or raises `Refused(response)`. Then, for a row wi
 `on`, the first request fault armed for `(target, on)` answers instead of the handler — except, on a
 row with `after_taken`, a `drop` or `delay`, which act only after the handler answered 200 (the job
 was taken and the reply is lost or late). Handlers get `(request, context)`, may raise `Refused` too,
-and return the answer.
+and return the answer: a response, or a JSON body, where a `nulls` fault armed for `(target, on)` sends
+the row's `optional` fields that the body leaves out as null (envelope.with_nulls).
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from .envelope import with_nulls
 from .faults import Fault, Faults
 
-Handler = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
+# A handler's answer: a response, or a JSON body (200) that a row's `optional` fields apply to
+Answer = web.StreamResponse | dict[str, Any]
+Handler = Callable[[web.Request, Any], Awaitable[Answer]]
 Enter = Callable[[web.Request], Awaitable[tuple[Any, str]]]
 LATE_FAULTS = ("drop", "delay")
+NULLS = frozenset({"nulls"})
 
 
 class Refused(Exception):
@@ -49,6 +54,7 @@ class Route:
     enter: Enter = no_context
     after_taken: bool = False  # drop / delay act after a 200 answer (a submit whose reply is lost)
     names: Collection[str] | None = None  # the faults it answers (None: the service's fault_names)
+    optional: tuple[str, ...] = ()  # body fields it may leave out: the `nulls` fault sends them as null
 
 
 class Service(Protocol):
@@ -89,9 +95,12 @@ async def serve(service: Service, route: Route, request: web.Request) -> web.Str
             fault = service.faults.take(target, route.on, route.names or service.fault_names)
             if fault is not None and route.after_taken and fault.name in LATE_FAULTS:
                 late = fault
-            elif fault is not None and (answer := await service.fault_reply(request, fault)):
-                return answer
-        response = await route.handler(request, context)
+            elif fault is not None and (instead := await service.fault_reply(request, fault)):
+                return instead
+        answer = await route.handler(request, context)
+        response = answer if isinstance(answer, web.StreamResponse) else with_nulls(
+            answer, route.optional, bool(route.optional and route.on
+                                         and service.faults.take(target, route.on, NULLS)))
     except Refused as refused:
         return refused.response
     if late is not None and response.status == 200:

@@ -41,8 +41,8 @@ from .settings import (
 
 
 class Worker(ComfyUI):
-    """One inference worker of an account: the comfyui package's engine, its messages sent to every socket of the
-    account, its files the account's flat store, its prompts the account's jobs."""
+    """One inference worker of an account: the comfyui package's engine, its messages sent to every
+    socket of the account, its files the account's flat store, its prompts the account's jobs."""
 
     def __init__(self, account: Account, name: str) -> None:
         cloud = account.cloud

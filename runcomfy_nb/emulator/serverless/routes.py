@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..envelope import absolute, error, iso, origin, with_nulls
+from ..envelope import absolute, error, iso, origin
 from ..pool import RESULT_OPTIONAL, STATUS_OPTIONAL, QueueAPI, taken
 from ..routing import Refused, Route
 from ..storage import serve_file
@@ -49,8 +49,10 @@ class ServerlessAPI(QueueAPI):
             base = f"/prod/{prefix}/deployments/{{dep}}"
             rows += [
                 Route("POST", f"{base}/inference", self.submit, "submit", self.enabled, after_taken=True),
-                Route("GET", f"{base}/requests/{{rid}}/status", self.status, "status", self.queued),
-                Route("GET", f"{base}/requests/{{rid}}/result", self.result, "result", self.queued),
+                Route("GET", f"{base}/requests/{{rid}}/status", self.status, "status", self.queued,
+                      optional=STATUS_OPTIONAL),
+                Route("GET", f"{base}/requests/{{rid}}/result", self.result, "result", self.queued,
+                      optional=RESULT_OPTIONAL),
                 Route("POST", f"{base}/requests/{{rid}}/cancel", self.cancel, "cancel", self.queued),
             ]
         return [*rows,
@@ -91,15 +93,12 @@ class ServerlessAPI(QueueAPI):
             raise Refused(error(404, 404001, "Request not found"))
         return job
 
-    def nulls(self, dep: dict[str, Any], operation: str) -> bool:
-        return bool(self.faults.take(dep["id"], operation, {"nulls"}))
-
     # --- queue calls ---------------------------------------------------------------------------
     async def submit(self, request: web.Request, dep: dict[str, Any]) -> web.StreamResponse:
         job = await taken(request, partial(self.serverless.create, dep))
         return web.json_response({"request_id": job.id, **_urls(request, dep["id"], job.id)})
 
-    async def status(self, request: web.Request, dep: dict[str, Any]) -> web.StreamResponse:
+    async def status(self, request: web.Request, dep: dict[str, Any]) -> dict[str, Any]:
         job = self.job(request, dep)
         body: dict[str, Any] = {"request_id": job.id, "status": _status_word(dep, job),
                                 **_urls(request, dep["id"], job.id)}
@@ -108,9 +107,9 @@ class ServerlessAPI(QueueAPI):
             body["queue_position"] = self.serverless.queue_position(job)
         if job.instance_id:
             body["instance_id"] = job.instance_id
-        return with_nulls(body, STATUS_OPTIONAL, self.nulls(dep, "status"))
+        return body
 
-    async def result(self, request: web.Request, dep: dict[str, Any]) -> web.StreamResponse:
+    async def result(self, request: web.Request, dep: dict[str, Any]) -> dict[str, Any]:
         job = self.job(request, dep)
         state = "canceled" if job.status == "cancelled" and dep["status_style"] == "live" else job.status
         body: dict[str, Any] = {"request_id": job.id, "status": state, "created_at": iso(job.created)}
@@ -123,7 +122,7 @@ class ServerlessAPI(QueueAPI):
                 body["instance_id"] = job.instance_id
         elif job.status == "failed":
             body["error"] = job.error
-        return with_nulls(body, RESULT_OPTIONAL, self.nulls(dep, "result"))
+        return body
 
     async def cancel(self, request: web.Request, dep: dict[str, Any]) -> web.StreamResponse:
         job = self.job(request, dep)
