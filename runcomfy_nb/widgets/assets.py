@@ -15,7 +15,7 @@ _PACKAGE = Path(__file__).resolve().parent.parent
 # `import { a, b } from "./file.js";` on lines of its own (the one form the widget modules use)
 _IMPORT = re.compile(r'^import\s*\{(?P<names>[^}]*)\}\s*from\s*"\./(?P<file>[\w.-]+\.js)";?[ \t]*$', re.M)
 # an import of a path, which a blob URL cannot resolve: static, side-effect only, re-export or dynamic
-RELATIVE_IMPORT = re.compile(r"""(?:\bimport|\bfrom)\s*\(?\s*["'](?:\.\.?)?/""")
+_RELATIVE_IMPORT = re.compile(r"""(?:\bimport|\bfrom)\s*\(?\s*["'](?:\.\.?)?/""")
 # a top-level declaration (our modules declare top-level names at the start of a line)
 _DECLARED = re.compile(r"^(?:export\s+)?(?:async\s+)?(?:function\*?|const|let|var|class)\s+(\w+)", re.M)
 _EXPORTED = re.compile(r"^export\s+(?:async\s+)?(?:function\*?|const|let|class)\s+(\w+)", re.M)
@@ -41,7 +41,7 @@ def bundle(path: Path) -> str:
             raise ValueError(f"{path.name}: imports ./{file} twice")
         inlined.append(file)
         shared = (path.parent / file).read_text(encoding="utf-8")
-        if RELATIVE_IMPORT.search(shared) or re.search(r"^export\s+default\b", shared, re.M):
+        if _RELATIVE_IMPORT.search(shared) or re.search(r"^export\s+default\b", shared, re.M):
             raise ValueError(f"./{file} must import nothing and have no default export")
         names = {name.strip() for name in match["names"].split(",") if name.strip()}
         missing = names - set(_EXPORTED.findall(shared))
@@ -53,7 +53,7 @@ def bundle(path: Path) -> str:
         return f"// ./{file}, inlined by runcomfy_nb.widgets.assets\n{shared.rstrip()}\n// end of ./{file}"
 
     result = _IMPORT.sub(inline, text)
-    left = RELATIVE_IMPORT.search(result)
+    left = _RELATIVE_IMPORT.search(result)
     if left:
         raise ValueError(f"{path.name}: a relative import anywidget cannot resolve: {left.group(0)!r}")
     return result
