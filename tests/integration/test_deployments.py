@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +14,7 @@ from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.jobs import Finished, Output, Started, Status
 from runcomfy_nb.transport import _retry_hook
 
-from ..helpers import TOKEN, posts
+from ..helpers import TOKEN, posts, until, wait_for
 
 FLUX, VIDEO, LORA = "dep-flux-kontext", "dep-animate", "dep-lora-portrait"
 LORA_INPUTS = {"prompt": "warm cinematic light", "seed": 42, "width": 512, "height": 512}
@@ -49,10 +47,7 @@ def test_output_urls_do_reject_authorization(fresh: Emulator) -> None:
     run = httpx.post(f"{fresh.url}/prod/v1/deployments/{FLUX}/inference", json={"overrides": {}},
                      headers={"Authorization": f"Bearer {TOKEN}"}).json()
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    for _ in range(400):
-        if httpx.get(run["status_url"], headers=auth).json()["status"] == "completed":
-            break
-        time.sleep(0.05)
+    wait_for(lambda: httpx.get(run["status_url"], headers=auth).json()["status"] == "completed")
     result = httpx.get(run["result_url"], headers=auth).json()
     url = next(iter(result["outputs"].values()))["images"][0]["url"]
     assert httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 403
@@ -203,11 +198,10 @@ async def test_cancel_queued_job(client: rc.AsyncRunComfy, fresh: Emulator) -> N
 
 async def test_lora_running_job_is_not_cancellable(client: rc.AsyncRunComfy, fresh: Emulator) -> None:
     job = await client.deployments.submit(LORA, inputs=LORA_INPUTS)
-    for _ in range(200):
-        status = await client.deployments.status(LORA, job.id)
-        if status.status is not Status.QUEUED:
-            break
-        await asyncio.sleep(0.01)
+    async def left_the_queue() -> bool:
+        return (await client.deployments.status(LORA, job.id)).status is not Status.QUEUED
+
+    await until(left_the_queue, what="the job out of the queue")
     assert await job.cancel() is False
     assert (await job.result(30)).images
 

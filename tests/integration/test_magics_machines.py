@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +11,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.magics.session import SESSION
 
-from ..helpers import TOKEN
+from ..helpers import TOKEN, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -91,11 +90,7 @@ def test_kernel_exit_stops_its_machines(tmp_path) -> None:  # type: ignore[no-un
         finally:
             kc.stop_channels()
             km.shutdown_kernel(now=False)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if len([m for m in emu.machines() if m["status"] in ("Starting", "Ready")]) == 1:
-                break
-            time.sleep(0.2)
+        wait_for(lambda: len([m for m in emu.machines() if m["status"] in ("Starting", "Ready")]) == 1)
         running = [m for m in emu.machines() if m["status"] in ("Starting", "Ready")]
         assert len(running) == 1  # the one marked --keep
 

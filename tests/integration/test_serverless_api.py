@@ -3,7 +3,6 @@ Deployment API reads, the instance proxy, override validation before the paid PO
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +14,7 @@ from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.jobs import Status
 from runcomfy_nb.workflow import Workflow, check_overrides
 
-from ..helpers import TOKEN, posts
+from ..helpers import TOKEN, posts, until
 
 FLUX, VIDEO, PARTNER, LORA = "dep-flux-kontext", "dep-animate", "dep-partner", "dep-lora-portrait"
 # Added once to the session's emulator (ids unique to this file):
@@ -52,12 +51,12 @@ def calls(emulator: Emulator, method: str, fragment: str) -> list[Any]:
 
 async def running_instance(client: rc.AsyncRunComfy, dep: str, request_id: str) -> str:
     """The request's instance once it is in_progress (polled, bounded)."""
-    for _ in range(500):
+    async def instance() -> str | None:
         status = await client.deployments.status(dep, request_id)
-        if status.status is Status.RUNNING and status.instance_id:
-            return status.instance_id
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{request_id} never started")
+        return status.instance_id if status.status is Status.RUNNING else None
+
+    found: str = await until(instance, what=f"{request_id} to start")
+    return found
 
 
 async def finished_instance(client: rc.AsyncRunComfy, dep: str, overrides: Any = None) -> str:
