@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from runcomfy_nb.jobs import Event, Finished, Job, JobResult, Preview, Progress
+from runcomfy_nb.jobs import Event, Finished, Job, JobResult, Preview, Progress, Queued
+
+from ..helpers import until
 
 FRAMES = 500
 FRAME_BYTES = 100_000
@@ -13,7 +15,8 @@ FRAME_BYTES = 100_000
 
 class Previewing:
     """A backend that emits `frames` previews of `size` bytes (a step and a frame each), then ends;
-    with `begin` / `gate`, it waits for that event before the first frame / before it ends."""
+    with `begin` (after a Queued event) / `gate`, it waits for that before the first frame / before
+    it ends."""
 
     def __init__(self, frames: int = FRAMES, size: int = FRAME_BYTES, gate: asyncio.Event | None = None,
                  begin: asyncio.Event | None = None) -> None:
@@ -21,12 +24,13 @@ class Previewing:
 
     async def run(self, job: Job) -> JobResult:
         if self.begin is not None:
+            job.emit(Queued(position=1))
             await self.begin.wait()
         for step in range(1, self.frames + 1):
             job.emit(Progress(step, self.frames, node="3"))
             job.emit(Preview(bytes([step % 256]) * self.size, node="3"))
             if step % 50 == 0:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # a backend gives the loop a turn now and then, as a socket's does
         if self.gate is not None:
             await self.gate.wait()
         return JobResult(job.id)
@@ -53,8 +57,7 @@ async def test_a_finished_job_keeps_its_last_preview_and_a_count_not_every_frame
 async def test_a_running_job_keeps_only_its_latest_preview_too() -> None:
     gate = asyncio.Event()
     job = Job(Previewing(gate=gate), kind="test", id="running")
-    while job.previews_seen < FRAMES:
-        await asyncio.sleep(0)
+    await until(lambda: job.previews_seen == FRAMES, what="every frame")
     assert preview_bytes(job.history) == FRAME_BYTES and not job.done
     gate.set()
     await job.result(timeout=30)
@@ -67,13 +70,14 @@ async def test_live_followers_still_see_every_frame_and_late_ones_the_latest() -
     job.subscribe(lambda _job, event: live.append(event))
 
     async def follow() -> list[Event]:
-        return [event async for event in job.events()]
+        seen = []
+        async for event in job.events():
+            seen.append(event)
+            begin.set()  # following (the Queued event came): now the frames may come
+        return seen
 
     following = asyncio.ensure_future(follow())
-    await asyncio.sleep(0)  # the iterator is following before the first frame
-    begin.set()
-    while job.previews_seen < 20:
-        await asyncio.sleep(0)
+    await until(lambda: job.previews_seen == 20, what="every frame")
     late: list[Any] = []
     job.subscribe(lambda _job, event: late.append(event))  # a widget made late: replay
     gate.set()
