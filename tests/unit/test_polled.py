@@ -79,9 +79,13 @@ async def test_requests_send_their_action() -> None:
 
 
 def machine(status: str | list[Any]) -> Machine:
+    return Machine(machines(status), MachineInfo(server_id="m-123456789", state="starting",
+                                                 raw_status="Starting"))
+
+
+def machines(status: str | list[Any]) -> Machines:
     replies = Scripted(**{"*": status if isinstance(status, list) else [{"current_status": status}]})
-    api = Machines(replies, "user-1", notify=lambda _: None)  # type: ignore[arg-type]
-    return Machine(api, MachineInfo(server_id="m-123456789", state="starting", raw_status="Starting"))
+    return Machines(replies, "user-1", notify=lambda _: None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("status", ["Error", "Deleting"])
@@ -98,8 +102,8 @@ async def test_a_machine_not_ready_in_time_raises_job_timeout() -> None:
 
 async def test_a_machine_status_without_a_status_is_an_unexpected_reply_polled_again() -> None:
     ready = {"current_status": "Ready", "main_service_url": "https://m.example.invalid"}
-    waited = machine([{"server_id": "m-123456789"}, ready])
     with pytest.raises(rc.UnexpectedReply, match="without a machine status") as caught:
-        await waited._api.status(waited.id)
+        await machines([{"server_id": "m-123456789"}]).status("m-123456789")
     assert transient(caught.value)
+    waited = machine([{"server_id": "m-123456789"}, {"server_id": "m-123456789"}, ready])
     assert (await waited.wait_ready(timeout=5, poll=0.01)).state == "ready"
