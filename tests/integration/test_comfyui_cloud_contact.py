@@ -19,7 +19,7 @@ from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.errors import ContactLost
 from runcomfy_nb.jobs import Progress, Status
 
-from ..helpers import TOKEN
+from ..helpers import TOKEN, until
 
 KEY = "cloud-contact-key-SENTINEL-91b3"
 
@@ -42,11 +42,7 @@ async def test_a_cloud_that_stops_answering_fails_the_job_with_contact_lost(
     try:
         async with AsyncComfyCloud(KEY, base_url=emu.cloud_url) as cloud:
             job = await cloud.queue(long_workflow())
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 15
-            while not any(isinstance(e, Progress) for e in job.history):
-                assert loop.time() < deadline, "the job did not start sampling"
-                await asyncio.sleep(0.01)
+            await until(lambda: any(isinstance(e, Progress) for e in job.history), 15, "the job sampling")
             caplog.clear()
             await asyncio.to_thread(emu.stop)
             started = time.monotonic()

@@ -190,7 +190,7 @@ async def test_stop_button_stops_the_machine() -> None:
         assert row(panel, ID_A)["pending"] == "stop"  # shown at once
         click(panel, "stop", ID_A)  # a second click while the first is under way
         click(panel, "extend", ID_A)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # time for the refused clicks to (wrongly) call: nothing to wait for
         machine.gate.set()
         await until(lambda: row(panel, ID_A)["pending"] == "")
         r = row(panel, ID_A)
@@ -268,7 +268,7 @@ async def test_closing_stops_the_refresh_but_not_a_stop_under_way(fast: None) ->
     assert not panel.refreshing
     calls = machine.count("refresh")
     machine.gate.set()
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # time for refreshes that should not come (several refresh_every)
     assert machine.count("refresh") == calls
     assert machine.count("stop") == 1 and machine.info.state == "stopping"
 
@@ -406,7 +406,7 @@ def test_background_refresh_on_the_machines_loop(thread_loop: asyncio.AbstractEv
     finally:
         panel.close()
     calls = machine.count("refresh")
-    time.sleep(0.3)
+    time.sleep(0.3)  # time for refreshes that should not come (several refresh_every)
     assert machine.count("refresh") == calls
 
 

@@ -203,7 +203,7 @@ async def test_cancel_button_from_the_same_loop() -> None:
     assert backend.cancel_calls == 1 and backend.cancel_threads == [threading.get_ident()]
     assert widget.status == "cancelled" and not widget.cancelling and widget.error == ""
     widget._handle_custom_msg({"type": "cancel"}, [])  # too late: nothing happens
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # time for a wrong cancel call to happen: there is nothing to wait for
     assert backend.cancel_calls == 1
 
 
