@@ -38,6 +38,7 @@ import asyncio
 import copy
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -47,7 +48,16 @@ from aiohttp import web
 from . import faults as faults_
 from . import synth, validation
 from .envelope import absolute, error, iso, origin
-from .pool import DEFAULT_FAILURE, RESULT_OPTIONAL, STATUS_OPTIONAL, Pool, QueueAPI, run_in_pool, taken
+from .pool import (
+    DEFAULT_FAILURE,
+    RESULT_OPTIONAL,
+    STATUS_OPTIONAL,
+    Pool,
+    QueueAPI,
+    queue_position,
+    run_in_pool,
+    taken,
+)
 from .routing import Refused, Route, mount
 from .storage import serve_file
 
@@ -112,13 +122,15 @@ def output_schema(shape: Any) -> dict[str, Any]:
 class Models:
     """The catalog's models, their requests and the files they produced."""
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Any, entries: Iterable[dict[str, Any]] = ()) -> None:
         self.state = state
         self.models: dict[str, dict[str, Any]] = {}
         self.pools: dict[str, Pool] = {}
         self.requests: dict[str, ModelRequest] = {}
         self.files: dict[tuple[str, str], bytes] = {}
         self._instances = 0
+        for entry in entries:  # the config's models
+            self.add(entry)
 
     @property
     def faults(self) -> faults_.Faults:
@@ -186,14 +198,9 @@ class Models:
 
     def queue_position(self, request: ModelRequest) -> int:
         """0 = next to start; requests still in their extra pre-queue wait come after the line."""
-        pool = self.pools[request.model]
-        if request.turn is not None and request.turn.done():
-            return 0
-        if request in pool.line:
-            return pool.line.index(request)  # type: ignore[arg-type]
         waiting = [r for r in self.requests.values()
                    if r.model == request.model and r.status == "in_queue" and r.turn is None]
-        return len(pool.line) + (waiting.index(request) if request in waiting else 0)
+        return queue_position(self.pools[request.model], request, waiting)
 
     def cancel(self, request: ModelRequest) -> bool:
         """Only a queued request can be cancelled; later a cancel is a no-op (and the run is billed)."""
@@ -243,13 +250,9 @@ KEY = web.AppKey("models", Models)
 
 def register(app: web.Application, state: Any) -> None:
     """Mount the Model API: the config's models, its routes, bearer auth on `/v1/`."""
-    models = Models(state)
-    for entry in state.config.get("models", []):
-        models.add(entry)
-    app[KEY] = models
+    models = app[KEY] = Models(state, state.config.get("models", []))
     state.bearer_prefixes.append("/v1/")
-    api = ModelAPI(models)
-    mount(app, api, api.routes())
+    mount(app, ModelAPI(models))
 
 
 def _urls(request: web.Request, rid: str) -> dict[str, str]:

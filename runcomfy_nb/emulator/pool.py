@@ -65,6 +65,16 @@ class Pool:
         self.dispatch()
 
 
+def queue_position(pool: Pool, request: Any, waiting: list[Any]) -> int:
+    """A queued request's place: 0 = next to start; those still in their extra pre-queue wait
+    (`waiting`, oldest first) come after the line."""
+    if request.turn is not None and request.turn.done():
+        return 0  # an instance is assigned; it starts on the loop's next turn
+    if request in pool.line:
+        return pool.line.index(request)
+    return len(pool.line) + (waiting.index(request) if request in waiting else 0)
+
+
 async def run_in_pool(
     pool: Pool, clock: Any, request: Any, files: dict[tuple[str, str], bytes], *, seconds: float,
     jitter: float, make: Callable[[], tuple[Any, dict[tuple[str, str], bytes]]],

@@ -13,7 +13,7 @@ the row's `optional` fields that the body leaves out as null (envelope.with_null
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -70,10 +70,14 @@ class Service(Protocol):
         """The answer a request fault sends instead (None: go on, e.g. a `delay` waited out)."""
         ...
 
+    def routes(self) -> list[Route]:
+        """Its route table."""
+        ...
 
-def mount(app: web.Application, service: Service, routes: Iterable[Route]) -> None:
-    """Register each row of `routes` on `app`: its requests go through `serve`."""
-    for route in routes:  # as aiohttp's route tables do: `add_get` answers HEAD too
+
+def mount(app: web.Application, service: Service) -> None:
+    """Register each row of the service's table on `app`: its requests go through `serve`."""
+    for route in service.routes():  # as aiohttp's route tables do: `add_get` answers HEAD too
         add = getattr(app.router, f"add_{route.method.lower()}")
         add(route.path, _serving(service, route))
 

@@ -73,5 +73,4 @@ def register(app: web.Application, state: Any) -> None:
     """Mount Comfy Cloud under `/cloud` (its own X-API-Key auth) and its storage under `/cloud-storage`."""
     cloud = Cloud(state, state.config.get("cloud", {}))
     app[KEY] = cloud
-    api = CloudAPI(cloud)
-    mount(app, api, api.routes())
+    mount(app, CloudAPI(cloud))

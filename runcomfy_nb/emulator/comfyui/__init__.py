@@ -46,5 +46,4 @@ BACKENDS: web.AppKey[Callable[[str], ComfyUI | None]] = web.AppKey("comfyui_back
 
 def register(app: web.Application, state: Any) -> None:
     """Mount every Ready machine's ComfyUI under `/machines/{server_id}` (after machines.register)."""
-    api = BackendAPI(app[BACKENDS], state)
-    mount(app, api, api.routes())
+    mount(app, BackendAPI(app[BACKENDS], state))

@@ -115,15 +115,13 @@ class BackendAPI:
                                   "queue_pending": [i.public() for i in backend.sorted_pending()]})
 
     async def post_queue(self, request: web.Request, backend: ComfyUI) -> web.StreamResponse:
-        try:
-            body = await request.json()
+        async def edit(body: Any) -> None:
             if body.get("clear"):
                 await backend.wipe_queue()
             for prompt_id in body.get("delete", []):
                 await backend.delete_pending(prompt_id)
-        except Exception:
-            return server_error()
-        return web.Response(status=200)
+
+        return await _acted(request, edit)
 
     async def interrupt(self, request: web.Request, backend: ComfyUI) -> web.StreamResponse:
         try:
@@ -137,12 +135,10 @@ class BackendAPI:
         return web.Response(status=200)
 
     async def free(self, request: web.Request, backend: ComfyUI) -> web.StreamResponse:
-        try:
-            body = await request.json()
+        async def free(body: Any) -> None:
             backend.free(bool(body.get("unload_models", False)), bool(body.get("free_memory", False)))
-        except Exception:
-            return server_error()
-        return web.Response(status=200)
+
+        return await _acted(request, free)
 
     # --- history -------------------------------------------------------------------------------
     async def history(self, request: web.Request, backend: ComfyUI) -> web.StreamResponse:
@@ -159,15 +155,13 @@ class BackendAPI:
         return web.json_response({prompt_id: entry} if entry is not None else {})
 
     async def post_history(self, request: web.Request, backend: ComfyUI) -> web.StreamResponse:
-        try:
-            body = await request.json()
+        async def edit(body: Any) -> None:
             if body.get("clear"):
                 backend.history.clear()
             for prompt_id in body.get("delete", []):
                 backend.history.pop(prompt_id, None)
-        except Exception:
-            return server_error()
-        return web.Response(status=200)
+
+        return await _acted(request, edit)
 
     # --- node classes, the machine, files --------------------------------------------------------
     async def object_info(self, request: web.Request, backend: ComfyUI) -> web.StreamResponse:
@@ -213,6 +207,16 @@ class BackendAPI:
             # as in ComfyUI: the id is forgotten even if a newer socket has taken it over
             backend.sockets.pop(sid, None)
         return ws
+
+
+async def _acted(request: web.Request, act: Callable[[Any], Awaitable[None]]) -> web.StreamResponse:
+    """ComfyUI's POST handlers: `act` on the JSON body, then 200 with no body; anything raising (a body
+    that is not JSON too) reaches aiohttp: its 500 page."""
+    try:
+        await act(await request.json())
+    except Exception:
+        return server_error()
+    return web.Response(status=200)
 
 
 def refused_handshake(fault: Fault) -> web.Response:

@@ -50,8 +50,7 @@ def register(app: web.Application, state: Any) -> None:
     app[KEY] = fleet
     app[comfyui.BACKENDS] = fleet.backend
     state.bearer_prefixes.append("/prod/api/")
-    api = ServerAPI(fleet)
-    mount(app, api, api.routes())
+    mount(app, ServerAPI(fleet))
 
     async def close_machines(app: web.Application) -> None:  # open WebSockets would stall cleanup
         await fleet.shutdown()

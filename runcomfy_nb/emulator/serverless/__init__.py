@@ -79,10 +79,6 @@ KEY = web.AppKey("serverless", Serverless)
 
 def register(app: web.Application, state: Any) -> None:
     """Mount the serverless API: the config's deployments, its routes, bearer auth on `/prod/v1|v2`."""
-    serverless = Serverless(state)
-    for entry in state.config.get("deployments", []):
-        serverless.add(entry)
-    app[KEY] = serverless
+    serverless = app[KEY] = Serverless(state, state.config.get("deployments", []))
     state.bearer_prefixes.extend(["/prod/v1/", "/prod/v2/"])
-    api = ServerlessAPI(serverless)
-    mount(app, api, api.routes())
+    mount(app, ServerlessAPI(serverless))

@@ -7,13 +7,14 @@ import copy
 import itertools
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from .. import comfyui, synth, validation
 from .. import faults as faults_
-from ..pool import DEFAULT_FAILURE, Pool, run_in_pool
+from ..pool import DEFAULT_FAILURE, Pool, queue_position, run_in_pool
 
 # The deployment object's fields (api/serverless.md) and their defaults; `max_instances` is `instances`.
 DEPLOYMENT_DEFAULTS: dict[str, Any] = {
@@ -62,13 +63,15 @@ class Request:
 class Serverless:
     """Deployments, their requests and the files they produced."""
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Any, entries: Iterable[dict[str, Any]] = ()) -> None:
         self.state = state
         self.deployments: dict[str, dict[str, Any]] = {}
         self.pools: dict[str, Pool] = {}
         self.requests: dict[str, Request] = {}
         self.files: dict[tuple[str, str], bytes] = {}
         self._instance = itertools.count(0x3F9A1C)
+        for entry in entries:  # the config's deployments
+            self.add(entry)
 
     @property
     def faults(self) -> faults_.Faults:
@@ -190,14 +193,9 @@ class Serverless:
 
     def queue_position(self, request: Request) -> int:
         """0 = next to start. Requests still in their extra pre-queue wait come after the line."""
-        pool = self.pools[request.deployment]
-        if request.turn is not None and request.turn.done():
-            return 0  # an instance is assigned; it starts on the loop's next turn
-        if request in pool.line:
-            return pool.line.index(request)
         waiting = [r for r in self.requests.values() if r.deployment == request.deployment
                    and r.status == "in_queue" and not r.cancel_pending and r.turn is None]
-        return len(pool.line) + (waiting.index(request) if request in waiting else 0)
+        return queue_position(self.pools[request.deployment], request, waiting)
 
     def cancel(self, dep: dict[str, Any], request: Request) -> bool:
         """Whether the cancel is accepted: ComfyUI deployments cancel queued or running requests,
