@@ -1,13 +1,16 @@
 """What the tests share besides fixtures: the emulator's token, waiting for a condition (`wait_for`
 in blocking code, `until` in async code), counting submits, an IPython shell with the extension
-loaded, and a script of HTTP replies for an `httpx.MockTransport`."""
+loaded, workflows that several test files queue, and a script of HTTP replies for an
+`httpx.MockTransport`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import inspect
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +53,27 @@ async def until(check: Callable[[], Any], timeout: float = 20.0, what: str = "")
         if time.monotonic() > deadline:
             raise _timed_out(timeout, what, check)
         await asyncio.sleep(POLL)
+
+
+def image_workflow(*, steps: int = 3, prefix: str | None = None) -> dict[str, Any]:
+    """The packaged image preset (sampler "31", SaveImage "9" with 2 images) with a fresh seed (so
+    the sampler runs) and its own file prefix."""
+    from runcomfy_nb.emulator.app import load_config
+
+    wf: dict[str, Any] = copy.deepcopy(load_config(None)["presets"]["image"])
+    wf["31"]["inputs"].update(steps=steps, seed=uuid.uuid4().int % 10**12)
+    wf["9"]["inputs"]["filename_prefix"] = prefix or f"t{uuid.uuid4().hex[:8]}"
+    return wf
+
+
+def partner_workflow() -> dict[str, Any]:
+    """A Partner (API) node with a fresh seed, saved by SaveImage "2"."""
+    from runcomfy_nb.emulator.cloud import PARTNER_NODE
+
+    return {"1": {"class_type": PARTNER_NODE,
+                  "inputs": {"prompt": "a red fox in snow", "prompt_upsampling": False,
+                             "seed": uuid.uuid4().int % 10**9, "aspect_ratio": "1:1", "raw": False}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "partner"}}}
 
 
 def posts(emulator: Emulator, deployment: str) -> int:

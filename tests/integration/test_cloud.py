@@ -22,7 +22,6 @@ from runcomfy_nb.clients.comfyui import SocketRun
 from runcomfy_nb.clients.comfyui import client as comfyui_client
 from runcomfy_nb.config import Config
 from runcomfy_nb.emulator import Emulator
-from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.emulator.cloud import CLOUD_ERRORS, PARTNER_NODE
 from runcomfy_nb.errors import (
     AuthError,
@@ -40,7 +39,8 @@ from runcomfy_nb.errors import (
 from runcomfy_nb.jobs import Event, Job, NodeStarted, Output, Preview, Progress, Queued, Status
 from runcomfy_nb.media import Media
 
-from ..helpers import TOKEN, until, wait_for
+from ..helpers import TOKEN, partner_workflow, until, wait_for
+from ..helpers import image_workflow as workflow
 
 KEY = "comfyui-client-key-SENTINEL-4e8a21"
 SPEED = 50.0  # a sampler step (0.5 virtual s) takes 10 ms
@@ -80,14 +80,6 @@ async def cloud(emu: Emulator) -> AsyncIterator[AsyncComfyCloud]:
         yield client
 
 
-def workflow(*, steps: int = 3, prefix: str | None = None) -> dict[str, Any]:
-    """The packaged image preset (sampler "31", SaveImage "9" with 2 images), a fresh seed and prefix."""
-    wf = copy.deepcopy(load_config(None)["presets"]["image"])
-    wf["31"]["inputs"].update(steps=steps, seed=uuid.uuid4().int % 10**12)
-    wf["9"]["inputs"]["filename_prefix"] = prefix or f"t{uuid.uuid4().hex[:8]}"
-    return wf
-
-
 def renumber(wf: dict[str, Any], offset: int) -> dict[str, Any]:
     """The same graph under node ids shifted by `offset` (links included)."""
     def shift(node_id: str) -> str:
@@ -99,13 +91,6 @@ def renumber(wf: dict[str, Any], offset: int) -> dict[str, Any]:
                           for name, v in node["inputs"].items()}
         out[shift(node_id)] = node
     return out
-
-
-def partner_workflow() -> dict[str, Any]:
-    return {"1": {"class_type": PARTNER_NODE,
-                  "inputs": {"prompt": "a red fox in snow", "prompt_upsampling": False,
-                             "seed": uuid.uuid4().int % 10**9, "aspect_ratio": "1:1", "raw": False}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "partner"}}}
 
 
 def png(color: tuple[int, ...], size: tuple[int, int] = (16, 16), mode: str = "RGB") -> bytes:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import io
 import json
@@ -21,10 +20,10 @@ import websockets
 from PIL import Image
 
 from runcomfy_nb.emulator import Emulator
-from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.emulator.cloud import CLOUD_ERRORS, PARTNER_NODE, PARTNER_UNAUTHORIZED
 
-from ..helpers import TOKEN, until, wait_for
+from ..helpers import TOKEN, partner_workflow, until, wait_for
+from ..helpers import image_workflow as workflow
 
 KEY = "comfyui-cloud-key-SENTINEL-9d41c7"
 HEADERS = {"X-API-Key": KEY}
@@ -64,21 +63,6 @@ def ws_url(emu: Emulator, client_id: str, token: str | None = KEY) -> str:
 def unfinished(emu: Emulator) -> list[dict[str, Any]]:
     reply = httpx.get(f"{api(emu)}/jobs", params={"status": "pending,in_progress"}, headers=HEADERS)
     return reply.json()["jobs"]
-
-
-def workflow(*, steps: int = 3, prefix: str | None = None) -> dict[str, Any]:
-    """The packaged image preset with a fresh seed (the sampler runs) and its own file prefix."""
-    wf = copy.deepcopy(load_config(None)["presets"]["image"])
-    wf["31"]["inputs"].update(steps=steps, seed=uuid.uuid4().int % 10**12)
-    wf["9"]["inputs"]["filename_prefix"] = prefix or f"t{uuid.uuid4().hex[:8]}"
-    return wf
-
-
-def partner_workflow() -> dict[str, Any]:
-    return {"1": {"class_type": PARTNER_NODE,
-                  "inputs": {"prompt": "a red fox in snow", "prompt_upsampling": False,
-                             "seed": uuid.uuid4().int % 10**9, "aspect_ratio": "1:1", "raw": False}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "partner"}}}
 
 
 def submit(emu: Emulator, prompt: dict[str, Any], key: str = KEY, **body: Any) -> str:
