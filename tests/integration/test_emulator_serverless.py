@@ -451,6 +451,29 @@ def test_delay_outlasts_a_short_timeout_after_taking_the_job(emu: Emulator, http
     assert len(emu.requests_for(FLUX)) == before + 1
 
 
+def test_a_refused_submit_is_answered_and_uses_up_a_late_fault(emu: Emulator, http: httpx.Client) -> None:
+    emu.set_fault(FLUX, "drop")  # acts only once a job was taken: a refused body is answered
+    reply = http.post(f"/deployments/{FLUX}/inference", content=b"{not json")
+    assert reply.status_code == 422 and reply.json()["error_code"] == 422001
+    assert not [f for f in emu.state.faults.armed() if f.deployment == FLUX]
+    submit(http, FLUX)  # the drop was used up by the refused submit
+
+
+def test_unknown_deployment_is_answered_before_faults(emu: Emulator, http: httpx.Client) -> None:
+    emu.set_fault("*", "server_error", on="status")
+    assert http.get("/deployments/dep-nope/requests/x/status").status_code == 404
+    assert http.get(f"/deployments/{FLUX}/requests/x/status").status_code == 500  # still armed
+
+
+def test_get_routes_answer_head(emu: Emulator, http: httpx.Client) -> None:
+    run = submit(http, FLUX)
+    for url in (run["status_url"], f"{emu.url}/prod/v2/deployments", f"{emu.url}/v1/models"):
+        got, head = http.get(url), http.head(url)
+        assert head.status_code == got.status_code == 200 and head.content == b""
+        assert head.headers["Content-Type"] == got.headers["Content-Type"]
+    assert http.put(run["status_url"]).status_code == 405
+
+
 def test_job_fails_and_slow_queue(emu: Emulator, http: httpx.Client) -> None:
     emu.set_fault(FLUX, "job_fails")
     failed = finish(http, submit(http, FLUX))
