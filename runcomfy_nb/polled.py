@@ -13,10 +13,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .contact import Contact
 from .errors import JobCancelled, JobFailed, RateLimited, UnexpectedReply, transient
-from .jobs import Contact, Job, JobResult, Queued, Started, Status, failure_message, parse_status
+from .events import JobResult, Queued, Started
+from .jobs import Job
 from .media import Fetcher, media_from_outputs
 from .polling import DurationModel, PollPlan
+from .status import Status, failure_message, parse_status
 from .timefmt import parse_timestamp
 
 T = TypeVar("T")

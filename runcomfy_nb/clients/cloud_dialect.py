@@ -37,8 +37,8 @@ from ..errors import (
     UnexpectedReply,
     ValidationError,
 )
-from ..jobs import Status, parse_status
 from ..media import Fetcher, Media
+from ..status import Status, parse_status
 from ..timefmt import parse_timestamp
 from ..transport import Storage, Transport, api_error
 from .comfyui import Calls, Dialect, HistoryEntry, QueueStatus, execution_error_message

@@ -9,8 +9,8 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from ...errors import BadRequest
-from ...jobs import Status
 from ...media import Fetcher, Media
+from ...status import Status
 from ...transport import Storage, Transport
 from .downloads import ViewFetcher
 from .messages import SERVICE, execution_error_message

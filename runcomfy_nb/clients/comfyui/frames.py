@@ -9,8 +9,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ...errors import JobCancelled, JobFailed
-from ...jobs import Job, NodeStarted, Output, Preview, Progress, Started, Status
+from ...events import NodeStarted, Output, Preview, Progress, Started
+from ...jobs import Job
 from ...media import Fetcher, Media
+from ...status import Status
 from .dialect import Dialect
 from .replies import as_dict
 from .sockets import preview_metadata

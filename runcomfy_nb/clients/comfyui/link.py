@@ -12,8 +12,8 @@ import httpx
 
 from ...config import Secret
 from ...errors import APIError, RunComfyError, TransportError, transient
-from ...jobs import Status
 from ...media import Fetcher, Media, media_from_outputs
+from ...status import Status
 from ...transport import Storage, Transport
 from .dialect import Dialect
 from .downloads import HeldBytes

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...jobs import JobResult, Status
+from ...events import JobResult
 from ...media import Media
+from ...status import Status
 
 
 def as_dict(value: Any) -> dict[str, Any]:

@@ -8,8 +8,11 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ...contact import Contact
 from ...errors import JobCancelled, JobError, JobFailed, RunComfyError, TransportError, transient
-from ...jobs import Contact, Job, JobResult, Queued, Started, Status
+from ...events import JobResult, Queued, Started
+from ...jobs import Job
+from ...status import Status
 from .dialect import Dialect
 from .frames import CHECK, END, Frames, Source
 from .messages import socket_reason
