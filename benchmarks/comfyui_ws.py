@@ -16,7 +16,7 @@ import time
 
 import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
-from runcomfy_nb.jobs import Progress
+from runcomfy_nb.events import Progress
 from runcomfy_nb.widgets import JobProgress
 
 

@@ -15,7 +15,9 @@ from .clients.models import Models
 from .config import Config
 from .errors import MissingCredentials
 from .jobs import finish_cancels
-from .transport import RateLimiter, Storage, Transport
+from .ratelimit import RateLimiter
+from .storage import Storage
+from .transport import Transport
 
 log = logging.getLogger("runcomfy_nb")
 Closable = TypeVar("Closable", Transport, Storage)

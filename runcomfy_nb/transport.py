@@ -1,8 +1,5 @@
 """HTTP transport: one `httpx.AsyncClient` per API base URL, with auth, retries (see `http_policy`)
-and error replies mapped to the error tree (see `http_errors`).
-
-The names the clients import from here before the split (`Storage`, `RateLimiter`, `api_error`,
-`retries_of`, `USER_AGENT`) are re-exported."""
+and error replies mapped to the error tree (see `http_errors`)."""
 
 from __future__ import annotations
 
@@ -17,10 +14,6 @@ from .errors import SubmitUncertain, TransportError
 from .http_errors import ErrorMapper, api_error, parse_body
 from .http_policy import NEVER_SENT, USER_AGENT, answered, reason, retries_of, retry_hook
 from .ratelimit import RateLimiter
-from .storage import Storage
-
-__all__ = ["USER_AGENT", "RateLimiter", "Storage", "Transport", "api_error", "retries_of"]
-_retry_hook = retry_hook  # tests/integration/test_deployments.py imports it by this name
 
 
 class Transport:

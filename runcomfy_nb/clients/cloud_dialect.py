@@ -37,10 +37,12 @@ from ..errors import (
     UnexpectedReply,
     ValidationError,
 )
+from ..http_errors import api_error
 from ..media import Fetcher, Media
 from ..status import Status, parse_status
+from ..storage import Storage
 from ..timefmt import parse_timestamp
-from ..transport import Storage, Transport, api_error
+from ..transport import Transport
 from .comfyui import Calls, Dialect, HistoryEntry, QueueStatus, execution_error_message
 from .comfyui.downloads import ViewFetcher
 

@@ -19,8 +19,9 @@ from ..errors import APIError, BadRequest, NotFound, UnexpectedReply, Validation
 from ..jobs import Job
 from ..media import Media
 from ..polled import PolledRequests, Request, RequestResult, RequestStatus
+from ..storage import Storage
 from ..timefmt import parse_timestamp
-from ..transport import Storage, Transport
+from ..transport import Transport
 from ..workflow import (
     Workflow,
     check_api_format,

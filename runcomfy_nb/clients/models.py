@@ -19,7 +19,8 @@ from urllib.parse import quote, urlsplit
 from ..errors import ValidationError
 from ..jobs import Job
 from ..polled import PolledRequests, Request, RequestResult, RequestStatus
-from ..transport import Storage, Transport
+from ..storage import Storage
+from ..transport import Transport
 
 SERVICE = "RunComfy Model API"
 _BAD_ID_CHARS = re.compile(r"[\s?#%\\]")

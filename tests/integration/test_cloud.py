@@ -36,8 +36,10 @@ from runcomfy_nb.errors import (
     SubscriptionInactive,
     ValidationError,
 )
-from runcomfy_nb.jobs import Event, Job, NodeStarted, Output, Preview, Progress, Queued, Status
+from runcomfy_nb.events import Event, NodeStarted, Output, Preview, Progress, Queued
+from runcomfy_nb.jobs import Job
 from runcomfy_nb.media import Media
+from runcomfy_nb.status import Status
 
 from ..helpers import TOKEN, partner_workflow, until, wait_for
 from ..helpers import image_workflow as workflow

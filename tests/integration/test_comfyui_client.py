@@ -16,19 +16,10 @@ from PIL import Image
 import runcomfy_nb as rc
 from runcomfy_nb.clients.comfyui import AsyncComfyUI, SocketRun, UploadedFile
 from runcomfy_nb.errors import JobCancelled, JobFailed, NotFound, TransportError, ValidationError
-from runcomfy_nb.jobs import (
-    Event,
-    Finished,
-    Job,
-    NodeStarted,
-    Output,
-    Preview,
-    Progress,
-    Queued,
-    Started,
-    Status,
-)
+from runcomfy_nb.events import Event, Finished, NodeStarted, Output, Preview, Progress, Queued, Started
+from runcomfy_nb.jobs import Job
 from runcomfy_nb.media import Media
+from runcomfy_nb.status import Status
 
 from ..doubles.comfyui_double import ComfyDouble
 from ..helpers import until

@@ -17,7 +17,8 @@ from runcomfy_nb.clients.comfyui import SocketRun
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.errors import ContactLost
-from runcomfy_nb.jobs import Progress, Status
+from runcomfy_nb.events import Progress
+from runcomfy_nb.status import Status
 
 from ..helpers import TOKEN, until
 

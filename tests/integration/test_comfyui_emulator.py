@@ -35,19 +35,10 @@ from runcomfy_nb.errors import (
     TransportError,
     ValidationError,
 )
-from runcomfy_nb.jobs import (
-    Event,
-    Failed,
-    Finished,
-    Job,
-    NodeStarted,
-    Output,
-    Preview,
-    Progress,
-    Queued,
-    Status,
-)
+from runcomfy_nb.events import Event, Failed, Finished, NodeStarted, Output, Preview, Progress, Queued
+from runcomfy_nb.jobs import Job
 from runcomfy_nb.media import Media
+from runcomfy_nb.status import Status
 
 from ..helpers import TOKEN, until
 

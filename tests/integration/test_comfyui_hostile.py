@@ -17,7 +17,9 @@ import pytest
 import runcomfy_nb as rc
 from runcomfy_nb.clients.comfyui import AsyncComfyUI, SocketRun
 from runcomfy_nb.errors import ContactLost, TransportError
-from runcomfy_nb.jobs import Job, NodeStarted, Output, Preview, Progress, Started, Status
+from runcomfy_nb.events import NodeStarted, Output, Preview, Progress, Started
+from runcomfy_nb.jobs import Job
+from runcomfy_nb.status import Status
 
 from ..doubles.comfyui_double import ComfyDouble
 from ..helpers import until

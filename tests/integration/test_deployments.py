@@ -11,8 +11,9 @@ from PIL import Image
 
 import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
-from runcomfy_nb.jobs import Finished, Output, Started, Status
-from runcomfy_nb.transport import _retry_hook
+from runcomfy_nb.events import Finished, Output, Started
+from runcomfy_nb.http_policy import retry_hook
+from runcomfy_nb.status import Status
 
 from ..helpers import TOKEN, posts, until, wait_for
 
@@ -150,7 +151,7 @@ async def test_dropped_connection_never_resubmits(client: rc.AsyncRunComfy, fres
 
 
 def test_retry_rule() -> None:
-    paid, idempotent = _retry_hook(False), _retry_hook(True)
+    paid, idempotent = retry_hook(False), retry_hook(True)
     assert paid(httpx.ConnectError("refused")) and idempotent(httpx.ReadTimeout("slow"))
     assert not paid(httpx.ReadTimeout("slow")) and not paid(httpx.RemoteProtocolError("dropped"))
     assert paid(rc.RateLimited("429", retry_after=1)) == 1

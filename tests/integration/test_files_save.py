@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import runcomfy_nb as rc
-from runcomfy_nb.jobs import JobResult
+from runcomfy_nb.events import JobResult
 from runcomfy_nb.media import Media
 
 FLUX = "dep-flux-kontext"

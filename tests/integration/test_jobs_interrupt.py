@@ -16,7 +16,9 @@ import pytest
 import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.errors import ServerError
-from runcomfy_nb.jobs import Job, JobResult, Status
+from runcomfy_nb.events import JobResult
+from runcomfy_nb.jobs import Job
+from runcomfy_nb.status import Status
 
 from ..helpers import TOKEN
 

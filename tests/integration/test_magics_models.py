@@ -12,7 +12,8 @@ from IPython.core.interactiveshell import InteractiveShell
 import runcomfy_nb as rc
 from runcomfy_nb import sync
 from runcomfy_nb.errors import ValidationError
-from runcomfy_nb.jobs import Job, JobResult
+from runcomfy_nb.events import JobResult
+from runcomfy_nb.jobs import Job
 from runcomfy_nb.magics.jobs import JobList
 from runcomfy_nb.magics.models import parse_inputs
 from runcomfy_nb.magics.session import SESSION

@@ -15,7 +15,8 @@ import runcomfy_nb as rc
 from runcomfy_nb.clients.models import Models, check_inputs, check_model_id
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
-from runcomfy_nb.jobs import Finished, Output, Queued, Started, Status
+from runcomfy_nb.events import Finished, Output, Queued, Started
+from runcomfy_nb.status import Status
 
 from ..helpers import until, wait_for
 

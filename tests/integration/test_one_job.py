@@ -16,7 +16,9 @@ import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.errors import JobCancelled, JobFailed
-from runcomfy_nb.jobs import Failed, Finished, Job, Output, Queued, Started, Status
+from runcomfy_nb.events import Failed, Finished, Output, Queued, Started
+from runcomfy_nb.jobs import Job
+from runcomfy_nb.status import Status
 from runcomfy_nb.widgets import Gallery, JobProgress
 
 from ..helpers import until

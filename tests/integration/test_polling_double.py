@@ -17,8 +17,9 @@ from PIL import Image
 
 import runcomfy_nb as rc
 from runcomfy_nb.errors import ContactLost, transient
-from runcomfy_nb.jobs import Job, Status
+from runcomfy_nb.jobs import Job
 from runcomfy_nb.polled import read_result, read_status
+from runcomfy_nb.status import Status
 
 from ..doubles.runcomfy_double import RunComfyDouble
 from ..helpers import until

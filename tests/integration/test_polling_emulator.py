@@ -15,7 +15,8 @@ import pytest
 import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.errors import ContactLost
-from runcomfy_nb.jobs import Job, Status
+from runcomfy_nb.jobs import Job
+from runcomfy_nb.status import Status
 
 from ..helpers import TOKEN, until, wait_for
 

@@ -11,7 +11,7 @@ import pytest
 import runcomfy_nb as rc
 from runcomfy_nb.clients.deployments import Deployment
 from runcomfy_nb.emulator import Emulator
-from runcomfy_nb.jobs import Status
+from runcomfy_nb.status import Status
 from runcomfy_nb.workflow import Workflow, check_overrides
 
 from ..helpers import TOKEN, posts, until

@@ -12,7 +12,7 @@ import pytest
 import runcomfy_nb as rc
 from runcomfy_nb import loops, sync
 from runcomfy_nb.emulator import Emulator
-from runcomfy_nb.jobs import Status
+from runcomfy_nb.status import Status
 
 from ..helpers import TOKEN, wait_for
 

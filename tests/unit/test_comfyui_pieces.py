@@ -26,9 +26,11 @@ from runcomfy_nb.clients.comfyui.replies import client_id_of, entry_status
 from runcomfy_nb.clients.comfyui.sockets import Dropped, SharedSocket, retry_handshake
 from runcomfy_nb.config import Secret
 from runcomfy_nb.errors import RateLimited, SubscriptionInactive
-from runcomfy_nb.jobs import Job, NodeStarted, Progress, Started, Status
+from runcomfy_nb.events import NodeStarted, Progress, Started
+from runcomfy_nb.jobs import Job
 from runcomfy_nb.media import Fetcher, Media
-from runcomfy_nb.transport import Storage
+from runcomfy_nb.status import Status
+from runcomfy_nb.storage import Storage
 
 from ..helpers import until
 

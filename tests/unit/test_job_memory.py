@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from runcomfy_nb.jobs import Event, Finished, Job, JobResult, Preview, Progress, Queued
+from runcomfy_nb.events import Event, Finished, JobResult, Preview, Progress, Queued
+from runcomfy_nb.jobs import Job
 
 from ..helpers import until
 

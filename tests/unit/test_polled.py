@@ -12,8 +12,8 @@ import runcomfy_nb as rc
 from runcomfy_nb.clients.machines import Machine, MachineInfo, Machines
 from runcomfy_nb.clients.models import Models
 from runcomfy_nb.errors import transient
-from runcomfy_nb.jobs import Status
 from runcomfy_nb.polled import PolledRequests, Request, read_result, read_status
+from runcomfy_nb.status import Status
 
 
 class Scripted:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from runcomfy_nb.jobs import Status, failure_message, parse_status
 from runcomfy_nb.polling import DurationModel, PollPlan
+from runcomfy_nb.status import Status, failure_message, parse_status
 from runcomfy_nb.timefmt import parse_timestamp
 
 

@@ -23,8 +23,9 @@ from runcomfy_nb.errors import (
     SubmitUncertain,
     TransportError,
 )
+from runcomfy_nb.http_errors import api_error
 from runcomfy_nb.http_policy import USER_AGENT
-from runcomfy_nb.transport import Transport, api_error
+from runcomfy_nb.transport import Transport
 
 from ..helpers import Replies
 

@@ -18,7 +18,8 @@ from PIL import Image
 
 from runcomfy_nb import register_display
 from runcomfy_nb.errors import JobCancelled, JobFailed
-from runcomfy_nb.jobs import Event, Job, JobResult, NodeStarted, Output, Preview, Progress, Queued, Started
+from runcomfy_nb.events import Event, JobResult, NodeStarted, Output, Preview, Progress, Queued, Started
+from runcomfy_nb.jobs import Job
 from runcomfy_nb.media import Media, classify
 from runcomfy_nb.widgets import Gallery, JobProgress
 from runcomfy_nb.widgets import gallery as gallery_module

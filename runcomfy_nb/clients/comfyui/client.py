@@ -28,7 +28,7 @@ from ...errors import (
 )
 from ...jobs import Job, finish_cancels
 from ...media import mime_type
-from ...transport import Storage
+from ...storage import Storage
 from ...workflow import Workflow
 from .dialect import Dialect
 from .link import Link

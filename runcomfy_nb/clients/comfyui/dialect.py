@@ -11,7 +11,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from ...errors import BadRequest
 from ...media import Fetcher, Media
 from ...status import Status
-from ...transport import Storage, Transport
+from ...storage import Storage
+from ...transport import Transport
 from .downloads import ViewFetcher
 from .messages import SERVICE, execution_error_message
 from .replies import HistoryEntry, QueueStatus

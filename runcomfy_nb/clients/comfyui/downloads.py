@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ...media import Media, claim
-from ...transport import Storage
+from ...storage import Storage
 
 
 class ViewFetcher:

@@ -14,7 +14,8 @@ from ...config import Secret
 from ...errors import APIError, RunComfyError, TransportError, transient
 from ...media import Fetcher, Media, media_from_outputs
 from ...status import Status
-from ...transport import Storage, Transport
+from ...storage import Storage
+from ...transport import Transport
 from .dialect import Dialect
 from .downloads import HeldBytes
 from .messages import socket_reason

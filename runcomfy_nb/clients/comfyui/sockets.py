@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import stamina
 from websockets.exceptions import WebSocketException
 
+from ...http_policy import USER_AGENT, retries_of
 from ...jobs import Job
-from ...transport import USER_AGENT, retries_of
 from .replies import as_dict
 
 if TYPE_CHECKING:
