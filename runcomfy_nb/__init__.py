@@ -22,8 +22,8 @@ _EXPORTS = {
     "Config": "config",
     "Secret": "config",
     "Job": "jobs",
-    "JobResult": "jobs",
-    "Status": "jobs",
+    "JobResult": "events",
+    "Status": "status",
     "Media": "media",
     "Workflow": "workflow",
     "Emulator": "emulator",
@@ -70,9 +70,11 @@ if TYPE_CHECKING:
         UnexpectedReply,
         ValidationError,
     )
+    from .events import JobResult
     from .facade import ComfyCloud, ComfyUI, RunComfy
-    from .jobs import Job, JobResult, Status
+    from .jobs import Job
     from .media import Media
+    from .status import Status
     from .widgets import Gallery, JobProgress, MachinePanel
     from .workflow import Workflow
 

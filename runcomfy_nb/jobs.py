@@ -2,8 +2,7 @@
 
 Each client supplies a `JobBackend` that drives the run (by polling or a WebSocket) and emits
 events; widgets, magics and the journal only consume them. The events and the `JobResult` are in
-`events`, the `Status` in `status`, the contact timeout in `contact`; their names are importable
-from here too.
+`events`, the `Status` in `status`, the contact timeout in `contact`.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from .contact import Contact, contact_timeout
-from .errors import ContactLost, JobCancelled, JobError, JobFailed, JobTimeout, transient
+from .errors import JobCancelled, JobError, JobTimeout, transient
 from .events import (
     Event,
     Failed,
@@ -31,7 +29,7 @@ from .events import (
     Started,
 )
 from .media import auto_save
-from .status import Status, failure_message, parse_status
+from .status import Status
 
 log = logging.getLogger("runcomfy_nb")
 
@@ -309,8 +307,4 @@ class Job:
         self._task.cancel()
 
 
-__all__ = [
-    "Contact", "ContactLost", "Event", "Failed", "Finished", "Job", "JobBackend", "JobCancelled",
-    "JobFailed", "JobResult", "NodeStarted", "Output", "Preview", "Progress", "Queued", "Started",
-    "Status", "contact_timeout", "failure_message", "finish_cancels", "parse_status", "recent_jobs",
-]
+__all__ = ["Job", "JobBackend", "finish_cancels", "recent_jobs"]

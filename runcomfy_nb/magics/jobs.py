@@ -7,7 +7,8 @@ from typing import Any
 
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ..jobs import Job, Output, recent_jobs
+from ..events import Output
+from ..jobs import Job, recent_jobs
 from ..timefmt import format_duration
 from .core import Table
 
