@@ -172,36 +172,47 @@ class Media:
 def media_from_outputs(outputs: Any, fetcher: Fetcher | None) -> tuple[list[Media], list[str]]:
     """Media and text from any result shape: ComfyUI `outputs` per node (items with `url` or the
     filename triple), or a LoRA/Model API `output` of URL strings, lists or objects of them."""
-    media: list[Media] = []
-    text: list[str] = []
-
-    def walk(value: Any, key: str, node: str | None) -> None:
-        if isinstance(value, str):
-            if value.startswith(("http://", "https://")):
-                media.append(Media.from_url(value, key=key, node=node, fetcher=fetcher))
-            elif key == "text" or value:
-                text.append(value)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item, key, node)
-        elif isinstance(value, dict):
-            if isinstance(value.get("url"), str):
-                media.append(Media.from_url(value["url"], key=key, node=node, fetcher=fetcher,
-                                            **{k: value.get(k) for k in ("filename", "subfolder", "type")}))
-                return
-            for sub_key, sub_value in value.items():
-                walk(sub_value, sub_key, node)
-
+    found = _Found(fetcher)
     per_node = isinstance(outputs, dict) and bool(outputs) and all(
         _looks_like_node_id(k) and isinstance(v, dict) for k, v in outputs.items()
     )
     if per_node:
         for node_id, per_kind in outputs.items():
             for key, items in per_kind.items():
-                walk(items, key, node_id)
+                found.walk(items, key, node_id)
     else:
-        walk(outputs, "", None)
-    return media, text
+        found.walk(outputs, "", None)
+    return found.media, found.text
+
+
+class _Found:
+    """What a walk through a result has found so far."""
+
+    def __init__(self, fetcher: Fetcher | None) -> None:
+        self.fetcher = fetcher
+        self.media: list[Media] = []
+        self.text: list[str] = []
+
+    def walk(self, value: Any, key: str, node: str | None) -> None:
+        if isinstance(value, str):
+            self._string(value, key, node)
+        elif isinstance(value, list):
+            for item in value:
+                self.walk(item, key, node)
+        elif isinstance(value, dict):
+            if isinstance(value.get("url"), str):
+                self.media.append(Media.from_url(
+                    value["url"], key=key, node=node, fetcher=self.fetcher,
+                    **{k: value.get(k) for k in ("filename", "subfolder", "type")}))
+                return
+            for sub_key, sub_value in value.items():
+                self.walk(sub_value, sub_key, node)
+
+    def _string(self, value: str, key: str, node: str | None) -> None:
+        if value.startswith(("http://", "https://")):
+            self.media.append(Media.from_url(value, key=key, node=node, fetcher=self.fetcher))
+        elif key == "text" or value:
+            self.text.append(value)
 
 
 def _looks_like_node_id(key: str) -> bool:
