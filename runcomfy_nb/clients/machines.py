@@ -32,6 +32,7 @@ from ..errors import (
 from ..timefmt import parse_timestamp
 from ..transport import Transport
 from ..workflow import did_you_mean
+from .comfyui import AsyncComfyUI
 
 SERVICE = "RunComfy Server API"
 SERVER_TYPES = ("medium", "large", "extra-large", "2x-large", "2xl-turbo")
@@ -376,12 +377,10 @@ class Machine:
         return (info.raw_status == GONE and self.info.state == "starting"
                 and time.time() - self.made_at < LAUNCH_GRACE)
 
-    def comfyui(self) -> Any:
+    def comfyui(self) -> AsyncComfyUI:
         """A ComfyUI client on this machine's `main_service_url`."""
         if self.info.url is None:
             raise ValidationError(f"Machine {self.id[:8]} is not ready yet: await machine.wait_ready().")
-        from .comfyui import AsyncComfyUI
-
         return AsyncComfyUI(self.info.url)
 
     async def extend(self, by: int | float | str) -> MachineInfo:
