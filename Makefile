@@ -37,7 +37,6 @@ bench: $(READY)
 	$(BIN)/python benchmarks/polling.py
 	$(BIN)/python benchmarks/comfyui_ws.py
 	$(BIN)/python benchmarks/load_ext.py
-	$(BIN)/python benchmarks/requests_cpu.py
 
 stubs: $(READY)  # runcomfy_nb/facade.pyi, the blocking facade's types, from the async classes
 	$(BIN)/python scripts/make_stubs.py
