@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,16 @@ def emulator() -> Iterator[Emulator]:
 
     with Emulator(speed=20.0, token=TOKEN) as emu:
         yield emu
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_works() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt, as at a terminal, even when the suite was started in the
+    background by a shell without job control (`cmd &`, nohup), which starts it with SIGINT ignored:
+    then `_thread.interrupt_main()` does nothing and every child process inherits the ignore."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(autouse=True)
