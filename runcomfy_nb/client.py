@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -14,9 +15,10 @@ from .clients.models import SERVICE as MODEL_API
 from .clients.models import Models
 from .config import Config
 from .errors import MissingCredentials
-from .jobs import finish_cancels
+from .jobs import Job, finish_cancels
 from .ratelimit import RateLimiter
 from .storage import Storage
+from .sweep import Sweep, deployment_concurrency, start_sweep
 from .transport import Transport
 
 log = logging.getLogger("runcomfy_nb")
@@ -94,6 +96,24 @@ class AsyncRunComfy:
         if self._models is None:
             self._models = Models(self._transport(self.config.model_api_url, MODEL_API), self.storage)
         return self._models
+
+    async def sweep(self, deployment_id: str, base_overrides: Mapping[Any, Any] | None = None,
+                    axes: Mapping[str, Sequence[Any]] | None = None, *, zip: bool = False,
+                    concurrency: int | None = None, validate: bool = False) -> Sweep:
+        """Run the deployment once per combination of `axes` (`{"seed": [1, 2], "KSampler.cfg":
+        [4, 7]}`: NODE.input or an input name one node of the saved workflow has), merged over
+        `base_overrides`; the cartesian product, or the n-th values together with `zip=True`. At most
+        `concurrency` jobs in flight (default: `deployment_concurrency` of its max_instances and
+        queue_size). Returns the running `Sweep`: `await sweep.result()`, `sweep.cancel()`."""
+        deployment = await self.deployments.get(deployment_id, payload=True)
+        workflow = deployment.payload.workflow if deployment.payload is not None else None
+        limit = concurrency or deployment_concurrency(deployment.max_instances, deployment.queue_size)
+
+        def submit(overrides: dict[str, Any]) -> Awaitable[Job]:
+            return self.deployments.submit(deployment_id, overrides, validate=validate)
+
+        return start_sweep(submit, axes or {}, base=base_overrides, workflow=workflow, zip=zip,
+                           concurrency=limit)
 
     async def aclose(self) -> None:
         """Close the connections, once the cancels that interrupted waits started have ended. Jobs
