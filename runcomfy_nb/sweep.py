@@ -94,15 +94,18 @@ def combinations(axes: Mapping[str, Sequence[Any]], *, zip: bool = False) -> lis
     return [dict(builtins.zip(keys, row, strict=True)) for row in rows]
 
 
+def shown_value(value: Any) -> str:
+    """A parameter's value as a label shows it: a string as it is, else its repr; at most 40
+    characters."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
 def short_label(params: Mapping[str, Any]) -> str:
-    """`seed=1 text=a`: each parameter by its input name, values cut to 40 characters."""
+    """`seed=1 text=a`: each parameter by its input name (its whole key when two share one)."""
     names = [k.rpartition(".")[2] for k in params]
-    parts = []
-    for (key, value), name in builtins.zip(params.items(), names, strict=True):
-        shown = value if isinstance(value, str) else repr(value)
-        shown = shown if len(shown) <= 40 else shown[:39] + "…"
-        parts.append(f"{name if names.count(name) == 1 else key}={shown}")
-    return " ".join(parts)
+    return " ".join(f"{name if names.count(name) == 1 else key}={shown_value(value)}"
+                    for (key, value), name in builtins.zip(params.items(), names, strict=True))
 
 
 def merged_overrides(base: Mapping[Any, Any] | None, params: Mapping[str, Any],
