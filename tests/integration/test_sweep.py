@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator
@@ -123,3 +126,21 @@ async def test_comfyui_and_cloud_sweeps_through_their_queues(fresh: Emulator) ->
     async with rc.AsyncComfyCloud(fresh.comfy_api_key, base_url=fresh.cloud_url) as cloud:
         sweep = workflow_sweep(cloud, image_workflow(), {"seed": [1, 2]}, concurrency=cloud_concurrency())
         assert [c.state for c in await sweep.result()] == ["succeeded"] * 2
+
+
+def test_run_sweep_of_a_magic_with_the_blocking_client(fresh: Emulator,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from runcomfy_nb.magics.sweeps import run_sweep, take_sweeps
+
+    deployment = sweep_deployment(fresh)
+    magics = SimpleNamespace(shell=SimpleNamespace(user_ns={}), auto_cancel=True)
+    line, options = take_sweeps(f'{deployment} --sweep seed=1..3 --sweep "KSampler.cfg"=4,7.5 '
+                                "--concurrency 3")
+    assert line == deployment and options is not None
+    with rc.RunComfy(token=TOKEN, base_url=fresh.url) as client:
+        assert run_sweep(magics, lambda axes, **kw: client.sweep(deployment, None, axes, **kw), options,
+                         out="grid") is None
+        sweep = magics.shell.user_ns["grid"]
+        assert sweep.counts["succeeded"] == 6 and sweep.concurrency == 3
+        assert [c.label for c in sweep.cells][:2] == ["seed=1 cfg=4", "seed=1 cfg=7.5"]
+    assert "SweepView" in capsys.readouterr().out

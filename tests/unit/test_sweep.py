@@ -220,3 +220,43 @@ def test_sweep_needs_a_positive_concurrency() -> None:
 
     with pytest.raises(ValidationError, match="at least 1"):
         asyncio.run(go())
+
+
+# --- the magic's --sweep options ------------------------------------------------------------
+
+
+def test_sweep_options_are_taken_out_of_a_magic_line() -> None:
+    from runcomfy_nb.magics.sweeps import take_sweeps
+
+    line = ('dep-1 --sweep seed=1,2,3,4 --out r --sweep "Positive Prompt.text"="a, b","c" --zip '
+            "--concurrency 3")
+    rest, options = take_sweeps(line)
+    assert rest == "dep-1 --out r"
+    assert options is not None and options.zip and options.concurrency == 3
+    assert options.axes == {"seed": [1, 2, 3, 4], "Positive Prompt.text": ["a, b", "c"]}
+    assert take_sweeps("dep-1 --out r") == ("dep-1 --out r", None)
+
+
+def test_sweep_values_ranges_numbers_json_and_text() -> None:
+    from runcomfy_nb.magics.sweeps import parse_sweep
+
+    assert parse_sweep("seed=1..4") == ("seed", [1, 2, 3, 4])
+    assert parse_sweep("KSampler.cfg=4.5,7,true,null,[1,2]") == ("KSampler.cfg", [4.5, 7, True, None, [1, 2]])
+    assert parse_sweep("sampler_name=euler,'dpm, 2m'") == ("sampler_name", ["euler", "dpm, 2m"])
+    assert parse_sweep('text="say \\"hi\\""') == ("text", ['say "hi"'])
+
+
+@pytest.mark.parametrize("line, message", [
+    ("dep --sweep seed", "KEY=VALUE"),
+    ("dep --sweep seed=", "KEY=VALUE"),
+    ('dep --sweep text="a', "not closed"),
+    ("dep --zip", "go with --sweep"),
+    ("dep --sweep seed=1 --concurrency 0", "at least 1"),
+    ("dep --sweep seed=1 --sweep seed=2", "given twice"),
+    ("dep --sweep seed=1..999999", "more than"),
+])
+def test_bad_sweep_options_are_refused(line: str, message: str) -> None:
+    from runcomfy_nb.magics.sweeps import take_sweeps
+
+    with pytest.raises(ValidationError, match=message):
+        take_sweeps(line)
