@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ast
 import copy
-import difflib
 import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .checks import did_you_mean, link_problems, saved_problems, schema_problems
 from .errors import ValidationError
 
 UI_FORMAT_HELP = (
@@ -23,12 +23,6 @@ PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
 LINE = re.compile(
     r"""^\s*(?P<node>"[^"]+"|'[^']+'|[^.=\s][^.=]*?)\s*\.\s*(?P<input>[A-Za-z_][\w\-]*)\s*=\s*(?P<value>.*?)\s*$"""
 )
-
-
-def did_you_mean(name: Any, choices: Any) -> str:
-    """` Did you mean 'x'?` for the closest of `choices` to a misspelt `name`, or ""."""
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def check_api_format(data: Any, what: str = "workflow") -> dict[str, Any]:
@@ -102,9 +96,9 @@ class Workflow:
             if len(found) == 1:
                 return found[0]
             if len(found) > 1:
-                raise ValidationError(
-                    f"{ref!r} names {len(found)} nodes ({', '.join(found)}): use a node id."
-                )
+                listed = ", ".join(f"{i} ({self.title(i)}, {self.data[i].get('class_type')})" for i in found)
+                raise ValidationError(f"{ref!r} names {len(found)} nodes: {listed}; use a node id or a "
+                                      "title of one.")
         names = [*self.data, *(self.title(i) for i in self.data)]
         raise ValidationError(f"No node {ref!r} in the workflow.{did_you_mean(ref, names)}")
 
@@ -124,74 +118,24 @@ class Workflow:
         return Workflow(data)
 
 
-# --- checks against a server's node schemas (`/object_info`) ----------------------------------
-
-_MEDIA_PREFIXES = ("https://", "http://", "data:")
-_MEDIA_INPUTS = {"image", "video", "audio", "file"}
+# --- checks before a submit (the per-node rules are in checks.py) ------------------------------
 
 
-def _input_problem(name: str, value: Any, spec: Any, workflow: Workflow) -> str | None:
-    """What is wrong with `value` for an input declared as `spec` ([type, options]), or None.
-    Follows ComfyUI's own checks: type, value in list, min/max."""
-    kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
-    extra = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 else {}
-    extra = extra if isinstance(extra, Mapping) else {}
-    if (isinstance(value, list) and len(value) == 2 and str(value[0]) in workflow.data
-            and isinstance(value[1], int)):
-        return None  # a link to another node: the server checks the types it carries
-    if isinstance(value, Mapping) and "__value__" in value:
-        value = value["__value__"]
-    options = kind if isinstance(kind, list) else extra.get("options") if kind == "COMBO" else None
-    if options is not None:
-        is_media = name in _MEDIA_INPUTS or any(str(k).endswith("_upload") for k in extra)
-        if is_media and isinstance(value, str) and value.startswith(_MEDIA_PREFIXES):
-            return None  # the serverless API fetches a URL or data URI into a loader's input
-        if value in options:
-            return None
-        shown = ", ".join(repr(o) for o in options[:8]) + (", …" if len(options) > 8 else "")
-        return f"{value!r} is not one of its values ({shown}).{did_you_mean(value, options)}"
-    expected = {"INT": "an integer", "FLOAT": "a number", "STRING": "text", "BOOLEAN": "true or false"}
-    if kind not in expected:
-        return f"it takes a {kind} connection from another node, not a value."
-    fits = {
-        "INT": isinstance(value, int) or (isinstance(value, float) and value.is_integer()),
-        "FLOAT": isinstance(value, (int, float)),
-        "STRING": isinstance(value, str),
-        "BOOLEAN": isinstance(value, bool),
-    }[kind] and (kind == "BOOLEAN" or not isinstance(value, bool))
-    if not fits:
-        return f"it takes {expected[kind]}, not {type(value).__name__} {value!r}."
-    low, high = extra.get("min"), extra.get("max")
-    below, above = low is not None and value < low, high is not None and value > high
-    if kind in ("INT", "FLOAT") and (below or above):
-        return f"{value!r} is out of range ({low} to {high})."
-    return None
+def _where(workflow: Workflow, node_id: str) -> str:
+    return f"Node {node_id} ({workflow.title(node_id)})"
 
 
-def _schema_inputs(schema: Mapping[str, Any]) -> dict[str, Any]:
-    groups = schema.get("input", {}) if isinstance(schema, Mapping) else {}
-    return {**groups.get("optional", {}), **groups.get("required", {})}
-
-
-def _check_node(workflow: Workflow, node_id: str, inputs: Mapping[str, Any],
-                object_info: Mapping[str, Any], problems: list[str]) -> None:
+def _node_problems(workflow: Workflow, node_id: str, inputs: Mapping[str, Any],
+                   object_info: Mapping[str, Any] | None, *, whole: bool) -> list[str]:
     node = workflow.data[node_id]
-    where = f"Node {node_id} ({workflow.title(node_id)})"
-    class_type = node.get("class_type")
-    schema = object_info.get(class_type)
+    where, saved = _where(workflow, node_id), node.get("inputs", {})
+    problems = link_problems(where, inputs, workflow.data)
+    if object_info is None:
+        return problems + ([] if whole else saved_problems(where, inputs, saved))
+    schema = object_info.get(node.get("class_type"))
     if not isinstance(schema, Mapping):
-        problems.append(f"{where}: its class {class_type!r} is not installed on the server.")
-        return
-    declared = _schema_inputs(schema)
-    saved = node.get("inputs", {})
-    for name, value in inputs.items():
-        if name not in declared:
-            if name not in saved:
-                problems.append(f"{where} has no input {name!r}.{did_you_mean(name, [*declared, *saved])}")
-            continue  # a saved input the schema does not declare (a frontend extra): left as is
-        problem = _input_problem(name, value, declared[name], workflow)
-        if problem:
-            problems.append(f"{where}, input {name!r}: {problem}")
+        return [*problems, f"{where}: its class {node.get('class_type')!r} is not installed on the server."]
+    return problems + schema_problems(where, inputs, schema, saved=None if whole else saved, whole=whole)
 
 
 def _raise(problems: list[str], what: str) -> None:
@@ -202,13 +146,8 @@ def _raise(problems: list[str], what: str) -> None:
         raise ValidationError(f"{len(problems)} problems with {what}; nothing was sent:\n{listing}")
 
 
-def check_overrides(workflow: Workflow, overrides: Mapping[Any, Any], object_info: Mapping[str, Any],
-                    *, what: str = "the overrides") -> dict[str, dict[str, Any]]:
-    """The overrides keyed by node id (titles and unique class names resolved), every input checked
-    against the workflow and the server's node schemas (`object_info`): unknown node or input (with
-    a did-you-mean), wrong type, value not in its list, out of range. Raises one ValidationError
-    that lists every problem."""
-    problems: list[str] = []
+def _resolve(workflow: Workflow, overrides: Mapping[Any, Any],
+             problems: list[str]) -> dict[str, dict[str, Any]]:
     resolved: dict[str, dict[str, Any]] = {}
     for ref, patch in normalize_overrides(overrides).items():
         try:
@@ -217,19 +156,41 @@ def check_overrides(workflow: Workflow, overrides: Mapping[Any, Any], object_inf
             problems.append(str(exc))
             continue
         resolved.setdefault(node_id, {"inputs": {}})["inputs"].update(patch["inputs"])
+    return resolved
+
+
+def resolve_overrides(workflow: Workflow, overrides: Mapping[Any, Any]) -> dict[str, dict[str, Any]]:
+    """The overrides keyed by node id: titles and unique class names resolved (one
+    ValidationError lists every name that names no node, or several)."""
+    problems: list[str] = []
+    resolved = _resolve(workflow, overrides, problems)
+    _raise(problems, "the overrides")
+    return resolved
+
+
+def check_overrides(workflow: Workflow, overrides: Mapping[Any, Any],
+                    object_info: Mapping[str, Any] | None, *,
+                    what: str = "the overrides") -> dict[str, dict[str, Any]]:
+    """The overrides keyed by node id (titles and unique class names resolved), every input checked
+    against the workflow and the server's node schemas (`object_info`; None: against the saved
+    values only): unknown node or input (with a did-you-mean), wrong type, value not in its list,
+    out of range, a link replaced by a value. Raises one ValidationError that lists every problem."""
+    problems: list[str] = []
+    resolved = _resolve(workflow, overrides, problems)
     for node_id, patch in resolved.items():
-        _check_node(workflow, node_id, patch["inputs"], object_info, problems)
+        problems += _node_problems(workflow, node_id, patch["inputs"], object_info, whole=False)
     _raise(problems, what)
     return resolved
 
 
-def check_workflow(workflow: Workflow, object_info: Mapping[str, Any], *,
+def check_workflow(workflow: Workflow, object_info: Mapping[str, Any] | None, *,
                    what: str = "the workflow") -> None:
-    """Check every node of `workflow` against the server's node schemas: its class is installed,
-    its values fit (as `check_overrides` checks them). Raises one ValidationError listing all."""
+    """Check every node of `workflow`: its links lead to nodes it has and (with the server's node
+    schemas) its class is installed, its values fit, no input is unknown and no required one
+    missing. Raises one ValidationError listing all."""
     problems: list[str] = []
     for node_id, node in workflow.data.items():
-        _check_node(workflow, node_id, node.get("inputs", {}), object_info, problems)
+        problems += _node_problems(workflow, node_id, node.get("inputs", {}), object_info, whole=True)
     _raise(problems, what)
 
 
@@ -276,7 +237,8 @@ def parse_override_lines(
     text: str, namespace: Mapping[str, Any] | None = None, workflow: Workflow | None = None
 ) -> dict[str, dict[str, Any]]:
     """Parse one override per line, `NODE.input = value` (`31.seed = 42`,
-    `"Positive Prompt".text = "a {{style}} city"`); `#` starts a comment line."""
+    `"Positive Prompt".text = "a {{style}} city"`); `#` starts a comment line. Titles and class
+    names are resolved against `workflow` when given, else kept for the submit to resolve."""
     overrides: dict[str, dict[str, Any]] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -289,12 +251,7 @@ def parse_override_lines(
                 'e.g. 31.seed = 42 or 6.text = "a city".'
             )
         node = match["node"].strip().strip("\"'")
-        if not NODE_ID.fullmatch(node):
-            if workflow is None:
-                raise ValidationError(
-                    f"Line {lineno}: {node!r} is not a node id; without the workflow at hand, "
-                    "address nodes by id (e.g. 31.seed = 42)."
-                )
+        if workflow is not None and not NODE_ID.fullmatch(node):
             node = workflow.find(node)
         value = substitute(_parse_value(match["value"], lineno), namespace or {})
         overrides.setdefault(node, {"inputs": {}})["inputs"][match["input"]] = value

@@ -16,13 +16,14 @@ lives in the request body only: never in a repr, a log line, an exception, the J
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config, Secret
-from ..errors import MissingCredentials, RunComfyError, ValidationError
+from ..errors import MissingCredentials, ValidationError
 from ..jobs import Job
 from ..workflow import Workflow
 from .cloud_dialect import KEY_HELP, SERVICE, CloudDialect, CloudJob, cloud_error, cloud_failure_message
@@ -75,6 +76,10 @@ class AsyncComfyCloud(ComfyClient):
     async def __aenter__(self) -> AsyncComfyCloud:
         return self
 
+    def _cache_key(self) -> str:
+        """Cloud's node list may differ per account: cached per server and key (a digest of it)."""
+        return f"{super()._cache_key()}#{hashlib.sha256(self._key.get().encode()).hexdigest()[:16]}"
+
     # -- account and jobs --
     async def user(self) -> CloudUser:
         """The account of the key; `.active` is False while it has no subscription."""
@@ -105,25 +110,30 @@ class AsyncComfyCloud(ComfyClient):
     # -- submit --
     async def queue(
         self, workflow: Workflow | Mapping[str, Any], *, partner_key: bool | str | Secret | None = None,
-        extra_data: Mapping[str, Any] | None = None, label: str | None = None,
+        extra_data: Mapping[str, Any] | None = None, label: str | None = None, validate: bool = True,
     ) -> Job:
         """Submit an API-format workflow and return its `Job`, followed over the shared WebSocket.
 
+        First checked against Cloud's node schemas (`object_info`, cached per key; see `check`):
+        every problem at once, nothing sent; `validate=False` skips that.
         `partner_key`: None (default) sends the Comfy API key in `extra_data` when the workflow holds
         a Partner (API) node; True always, False never; a string or Secret sends that key instead.
         A workflow Cloud refuses raises ValidationError with one line per bad node input."""
         wf = workflow if isinstance(workflow, Workflow) else Workflow(workflow)
         if extra_data is not None and not isinstance(extra_data, Mapping):
             raise ValidationError("extra_data must be an object.")
+        info = await self.check(wf) if validate else (
+            await self._node_list(refresh=False) if partner_key is None else None)
         extra = dict(extra_data or {})
-        key = await self._partner_key(wf, partner_key)
+        key = self._partner_key(wf, partner_key, info)
         if key is not None:
             extra["api_key_comfy_org"] = key  # a Secret: revealed in the request body only
-        return await self._submit(wf, None, extra or None, label)
+        return await self._submit(wf, None, extra or None, label, validate=False)
 
-    async def _partner_key(self, wf: Workflow, choice: bool | str | Secret | None) -> Secret | None:
-        if choice is None:
-            return self._key if await self._has_partner_nodes(wf) else None
+    def _partner_key(self, wf: Workflow, choice: bool | str | Secret | None,
+                     info: Mapping[str, Any] | None) -> Secret | None:
+        if choice is None:  # unreadable node list: sent, as the module docstring says
+            return self._key if info is None or self._has_partner_nodes(wf, info) else None
         if isinstance(choice, bool):
             return self._key if choice else None
         if isinstance(choice, Secret):
@@ -132,13 +142,8 @@ class AsyncComfyCloud(ComfyClient):
             raise ValidationError("partner_key must be True, False, None or a non-empty key.")
         return Secret(choice)
 
-    async def _has_partner_nodes(self, wf: Workflow) -> bool:
-        try:
-            info = await self.object_info()
-        except RunComfyError as exc:
-            log.info("Could not read the %s's node list (%s); sending the Comfy API key for any "
-                     "Partner Nodes.", SERVICE, type(exc).__name__)
-            return True
+    @staticmethod
+    def _has_partner_nodes(wf: Workflow, info: Mapping[str, Any]) -> bool:
         return any(_is_partner_node(info.get(str(node.get("class_type"))))
                    for node in wf.data.values() if isinstance(node, Mapping))
 

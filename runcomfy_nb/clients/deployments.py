@@ -6,29 +6,33 @@ the deployment reads (list, get) and the instance proxy under `/prod/v2`, the on
 
 from __future__ import annotations
 
+import asyncio
 import builtins
-import contextlib
 import json
+import logging
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from ..config import Secret
-from ..errors import APIError, BadRequest, NotFound, UnexpectedReply, ValidationError
+from ..errors import APIError, BadRequest, NotFound, TransportError, UnexpectedReply, ValidationError
 from ..jobs import Job
 from ..media import Media
 from ..polled import PolledRequests, Request, RequestResult, RequestStatus
 from ..storage import Storage
-from ..timefmt import parse_timestamp
 from ..transport import Transport
 from ..workflow import (
+    NODE_ID,
     Workflow,
     check_api_format,
     check_overrides,
     check_workflow,
     normalize_overrides,
+    resolve_overrides,
 )
+from .deployment_info import Deployment
+
+log = logging.getLogger("runcomfy_nb")
 
 SERVICE = "RunComfy Serverless API"
 V2 = "/prod/v2/deployments"
@@ -39,82 +43,6 @@ _GATES = {
     10003: "was deleted (DeletedDeployment, 10003): `await client.deployments.list()` shows the "
            "deployments that exist",
 }
-
-
-@dataclass(frozen=True)
-class DeploymentPayload:
-    """What `includes=payload` adds: the saved workflow (None for a LoRA deployment), its default
-    overrides (how to discover the node ids worth overriding) and where its node schemas are."""
-
-    workflow: Workflow | None
-    overrides: dict[str, Any]
-    object_info_url: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_reply(cls, reply: Any) -> DeploymentPayload | None:
-        if not isinstance(reply, Mapping):
-            return None
-        saved = reply.get("workflow_api_json")
-        if isinstance(saved, str):  # some replies carry the workflow as JSON text
-            with contextlib.suppress(ValueError):
-                saved = json.loads(saved)
-        workflow = None
-        if isinstance(saved, Mapping) and saved:
-            with contextlib.suppress(ValidationError):
-                workflow = Workflow(saved)
-        overrides = reply.get("overrides")
-        url = reply.get("object_info_url")
-        return cls(workflow, dict(overrides) if isinstance(overrides, Mapping) else {},
-                   url if isinstance(url, str) and url else None)
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """One deployment as the Deployment API describes it. `keep_warm` is
-    `keep_warm_duration_in_seconds`; `created_at` / `updated_at` are epoch seconds; `payload` and
-    `readme` are there when asked for (`payload=True`, `readme=True`)."""
-
-    id: str
-    name: str
-    workflow_id: str | None = None
-    workflow_version: str | None = None
-    hardware: tuple[str, ...] = ()
-    min_instances: int | None = None
-    max_instances: int | None = None
-    queue_size: int | None = None
-    keep_warm: int | None = None
-    status: str | None = None
-    is_enabled: bool | None = None
-    created_at: float | None = None
-    updated_at: float | None = None
-    payload: DeploymentPayload | None = field(default=None, repr=False)
-    readme: str | None = field(default=None, repr=False)
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_reply(cls, reply: Any) -> Deployment:
-        reply = dict(reply) if isinstance(reply, Mapping) else {}
-
-        def number(key: str) -> int | None:
-            value = reply.get(key)
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-        hardware = reply.get("hardware")
-        readme = reply.get("readme")
-        return cls(
-            id=str(reply.get("id", "")), name=str(reply.get("name", "")),
-            workflow_id=reply.get("workflow_id"), workflow_version=reply.get("workflow_version"),
-            hardware=tuple(str(h) for h in hardware) if isinstance(hardware, list) else
-            ((str(hardware),) if hardware else ()),
-            min_instances=number("min_instances"), max_instances=number("max_instances"),
-            queue_size=number("queue_size"), keep_warm=number("keep_warm_duration_in_seconds"),
-            status=reply.get("status"),
-            is_enabled=reply["is_enabled"] if isinstance(reply.get("is_enabled"), bool) else None,
-            created_at=parse_timestamp(reply.get("created_at")),
-            updated_at=parse_timestamp(reply.get("updated_at")),
-            payload=DeploymentPayload.from_reply(reply.get("payload")),
-            readme=readme if isinstance(readme, str) else None, raw=reply,
-        )
 
 
 def build_body(
@@ -169,6 +97,8 @@ class Deployments(PolledRequests):
         self._prefix = f"/prod/{version}/deployments"
         self._object_info: dict[str, dict[str, Any]] = {}
         self._object_info_of: dict[str, tuple[Any, ...]] = {}  # the deployment version each belongs to
+        self._described: dict[str, Deployment] = {}  # the last read with its payload
+        self._reading: dict[str, asyncio.Future[Deployment]] = {}
 
     def __repr__(self) -> str:
         return "<Deployments>"
@@ -200,25 +130,20 @@ class Deployments(PolledRequests):
         extra_data: Mapping[str, Any] | None = None,
         comfy_api_key: str | Secret | None = None,
         label: str | None = None,
-        validate: bool = False,
+        validate: bool = True,
     ) -> Job:
         """Queue one request: `overrides` for the saved workflow, or `workflow=` to replace it,
-        or `inputs=` for a LoRA deployment's own schema. `validate=True` first checks the overrides
-        (or the workflow) against the deployment's saved workflow and real nodes (see `validate`);
-        node titles and unique class names in `overrides` are then resolved to ids. The POST is
-        never resent after it may have reached the server."""
+        or `inputs=` for a LoRA deployment's own schema (not checked here). Node titles and unique
+        class names in `overrides` are resolved to ids against the saved workflow. First, unless
+        `validate=False`, the overrides (or the workflow) are checked as `validate` does; when the
+        node schemas cannot be read only the saved workflow is checked against. The POST is never
+        resent after it may have reached the server."""
         if not isinstance(deployment_id, str) or not deployment_id.strip():
             raise ValidationError("deployment_id must be the deployment's id (a string).")
         body = build_body(overrides, workflow=workflow, inputs=inputs, extra_data=extra_data,
                           comfy_api_key=comfy_api_key)
-        if validate:
-            if inputs is not None:
-                raise ValidationError("validate=True checks a ComfyUI deployment's overrides or "
-                                      "workflow; a LoRA deployment's inputs are checked by the service.")
-            resolved = await self.validate(deployment_id, overrides,
-                                           workflow=body.get("workflow_api_json"))
-            if "overrides" in body:
-                body["overrides"] = resolved
+        if inputs is None:
+            await self._prepare(deployment_id, body, validate)
         reply = await self._call(deployment_id, "POST", self._path(deployment_id, action="inference"),
                                  json=body, idempotent=False)
         return self.attach(deployment_id, self._request_id(reply), label=label)
@@ -258,7 +183,10 @@ class Deployments(PolledRequests):
         address of its node schemas, `readme=True` its README."""
         reply = await self._call(deployment_id, "GET", f"{V2}/{quote(deployment_id, safe='')}",
                                  params=self._includes(payload, readme))
-        return Deployment.from_reply(reply)
+        deployment = Deployment.from_reply(reply)
+        if payload:
+            self._described[deployment_id] = deployment
+        return deployment
 
     async def list(self, ids: Sequence[str] | None = None, *, payload: bool = False,
                    readme: bool = False) -> builtins.list[Deployment]:
@@ -341,14 +269,80 @@ class Deployments(PolledRequests):
         return reply
 
     async def _nodes(self, deployment_id: str, deployment: Deployment,
-                     instance_id: str | None) -> dict[str, Any]:
-        """The deployment's node schemas, read again only when the deployment changed."""
+                     instance_id: str | None) -> dict[str, Any] | None:
+        """The deployment's node schemas, read again only when the deployment changed; None
+        (logged) when they cannot be read."""
         version = (deployment.workflow_id, deployment.workflow_version, deployment.updated_at)
         if self._object_info_of.get(deployment_id) != version or deployment_id not in self._object_info:
-            self._object_info[deployment_id] = await self._read_object_info(deployment_id, instance_id,
-                                                                            deployment)
-            self._object_info_of[deployment_id] = version
+            try:
+                info = await self._read_object_info(deployment_id, instance_id, deployment)
+            except (APIError, TransportError) as exc:
+                log.info("Could not read the node schemas of deployment %s (%s): the full check was "
+                         "skipped; only the saved workflow was checked against.", deployment_id,
+                         type(exc).__name__)
+                return None
+            self._object_info[deployment_id], self._object_info_of[deployment_id] = info, version
         return self._object_info[deployment_id]
+
+    async def _deployment(self, deployment_id: str, *, refresh: bool = False) -> Deployment:
+        """The deployment with its payload, read once (one read for callers at the same time)."""
+        if not refresh and deployment_id in self._described:
+            return self._described[deployment_id]
+        reading = self._reading.get(deployment_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self.get(deployment_id, payload=True))
+            self._reading[deployment_id] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(deployment_id, None))
+        return await asyncio.shield(reading)
+
+    async def workflow(self, deployment_id: str, *, refresh: bool = False) -> Workflow | None:
+        """The deployment's saved workflow (None for a LoRA deployment): read once and cached,
+        read again with `refresh=True` (and by `get(..., payload=True)`)."""
+        deployment = await self._deployment(deployment_id, refresh=refresh)
+        return deployment.payload.workflow if deployment.payload else None
+
+    async def _prepare(self, deployment_id: str, body: dict[str, Any], validate: bool) -> None:
+        """Resolve node names in `body["overrides"]` and, with `validate`, check the body."""
+        overrides = body.get("overrides")
+        named = any(not NODE_ID.fullmatch(ref) for ref in overrides or {})
+        if not ((validate and (overrides or "workflow_api_json" in body)) or named):
+            return  # nothing to check: no overrides run the saved workflow as it is
+        try:
+            saved = await self.workflow(deployment_id)
+        except (APIError, TransportError) as exc:
+            if named:
+                raise
+            log.info("Could not read deployment %s (%s): it was sent unchecked.", deployment_id,
+                     type(exc).__name__)
+            return
+        if saved is None and "overrides" in body:
+            if named:
+                raise ValidationError(f"Deployment {deployment_id} has no saved ComfyUI workflow to "
+                                      "find nodes by name in: address them by id.")
+            log.info("Deployment %s has no saved workflow: its overrides were sent unchecked.",
+                     deployment_id)
+            return
+        if not validate:
+            body["overrides"] = resolve_overrides(saved, overrides or {}) if saved else overrides
+            return
+        resolved = await self.validate(deployment_id, overrides, workflow=body.get("workflow_api_json"))
+        if "overrides" in body:
+            body["overrides"] = resolved
+
+    async def _check(self, deployment_id: str, deployment: Deployment, overrides: Mapping[Any, Any] | None,
+                     workflow: Workflow | Mapping[str, Any] | None,
+                     instance_id: str | None) -> dict[str, dict[str, Any]]:
+        nodes = await self._nodes(deployment_id, deployment, instance_id)
+        if workflow is not None:
+            check_workflow(workflow if isinstance(workflow, Workflow) else Workflow(workflow), nodes,
+                           what=f"the workflow for deployment {deployment_id}")
+            return {}
+        saved = deployment.payload.workflow if deployment.payload else None
+        if saved is None:
+            raise ValidationError(f"Deployment {deployment_id} has no saved ComfyUI workflow to check "
+                                  "overrides against (a LoRA deployment takes inputs=...).")
+        return check_overrides(saved, overrides or {}, nodes,
+                               what=f"the overrides for deployment {deployment_id}")
 
     async def validate(self, deployment_id: str, overrides: Mapping[Any, Any] | None = None, *,
                        workflow: Workflow | Mapping[str, Any] | None = None,
@@ -356,19 +350,17 @@ class Deployments(PolledRequests):
         """Check `overrides` against the deployment's saved workflow and its real nodes (or, with
         `workflow=`, every node of that workflow against the nodes) before anything is paid for:
         unknown node or input (with a did-you-mean), wrong type, value not in its list, out of
-        range. Raises one ValidationError naming every problem; returns the overrides keyed by node
-        id (titles and unique class names resolved; `{}` with `workflow=`). Reads the deployment
-        (GET) each time; its node schemas are cached until the deployment changes."""
-        deployment = await self.get(deployment_id, payload=True)
-        if workflow is not None:
-            check_workflow(workflow if isinstance(workflow, Workflow) else Workflow(workflow),
-                           await self._nodes(deployment_id, deployment, instance_id),
-                           what=f"the workflow for deployment {deployment_id}")
-            return {}
-        saved = deployment.payload.workflow if deployment.payload else None
-        if saved is None:
-            raise ValidationError(f"Deployment {deployment_id} has no saved ComfyUI workflow to check "
-                                  "overrides against (a LoRA deployment takes inputs=...).")
-        nodes = await self._nodes(deployment_id, deployment, instance_id)
-        return check_overrides(saved, overrides or {}, nodes,
-                               what=f"the overrides for deployment {deployment_id}")
+        range, a link replaced by a value, a required input missing. Raises one ValidationError
+        naming every problem; returns the overrides keyed by node id (titles and unique class names
+        resolved; `{}` with `workflow=`). The deployment is read once and cached; on a problem it
+        is read again, and if it changed since, checked again. Its node schemas are cached until
+        the deployment changes; when they cannot be read only the saved workflow is used."""
+        deployment = await self._deployment(deployment_id)
+        try:
+            return await self._check(deployment_id, deployment, overrides, workflow, instance_id)
+        except ValidationError:
+            newer = await self._deployment(deployment_id, refresh=True)
+            if (newer.workflow_version, newer.updated_at) == (deployment.workflow_version,
+                                                              deployment.updated_at):
+                raise
+        return await self._check(deployment_id, newer, overrides, workflow, instance_id)

@@ -48,12 +48,14 @@ from PIL import Image
 MODEL_CHOICES = ["sd15.safetensors", "sdxl.safetensors"]
 SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m"]
 UPLOAD_LIMIT = 100 * 2**20
+SAVE_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}  # as stock SaveImage declares them
 
 
 def _schema(name: str, required: dict[str, Any], output: list[str], *, optional: dict[str, Any] | None = None,
-            output_node: bool = False, category: str = "") -> dict[str, Any]:
+            output_node: bool = False, category: str = "",
+            hidden: dict[str, str] | None = None) -> dict[str, Any]:
     return {
-        "input": {"required": required, "optional": optional or {}, "hidden": {}},
+        "input": {"required": required, "optional": optional or {}, "hidden": hidden or {}},
         "input_order": {"required": list(required)},
         "output": output, "output_is_list": [False] * len(output), "output_name": output,
         "name": name, "display_name": name, "description": "", "python_module": "nodes",
@@ -89,9 +91,9 @@ NODES: dict[str, dict[str, Any]] = {
                          category="latent"),
     "SaveImage": _schema("SaveImage", {"images": ["IMAGE", {}],
                                        "filename_prefix": ["STRING", {"default": "ComfyUI"}]},
-                         [], output_node=True, category="image"),
+                         [], output_node=True, category="image", hidden=SAVE_HIDDEN),
     "PreviewImage": _schema("PreviewImage", {"images": ["IMAGE", {}]}, [], output_node=True,
-                            category="image"),
+                            category="image", hidden=SAVE_HIDDEN),
     "SaveImageWebsocket": _schema("SaveImageWebsocket", {"images": ["IMAGE", {}]}, [], output_node=True,
                                   category="image"),
     "LoadImage": _schema("LoadImage", {"image": [["example.png"], {"image_upload": True}]},

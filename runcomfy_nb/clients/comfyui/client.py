@@ -19,17 +19,19 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from ...config import Secret
 from ...errors import (
+    APIError,
     BadRequest,
     NotFound,
     RunComfyError,
     SubmitUncertain,
+    TransportError,
     UnexpectedReply,
     ValidationError,
 )
 from ...jobs import Job, finish_cancels
 from ...media import mime_type
 from ...storage import Storage
-from ...workflow import Workflow
+from ...workflow import Workflow, check_workflow
 from .dialect import Dialect
 from .link import Link
 from .messages import PromptRejected, rejection_message
@@ -46,7 +48,7 @@ from .uploads import upload_parts
 
 CLIENT_ID_PREFIX = "rcnb-"  # marks client ids we made, so `attach` may take one over
 log = logging.getLogger("runcomfy_nb")
-_OBJECT_INFO: dict[str, tuple[bool, dict[str, Any]]] = {}  # base URL → (complete?, class → schema)
+_OBJECT_INFO: dict[str, tuple[bool, dict[str, Any]]] = {}  # server+credential → (complete?, class → schema)
 
 
 def new_client_id() -> str:
@@ -116,9 +118,9 @@ class ComfyClient:
         return SystemStats.from_reply(await self._http.request("GET", "/system_stats"))
 
     async def object_info(self, node_class: str | None = None, *, refresh: bool = False) -> dict[str, Any]:
-        """Every node class's schema, or one class's schema; cached per server (`refresh=True`
-        reads it again, e.g. after installing nodes). Do not modify what it returns."""
-        key = self._base.get()
+        """Every node class's schema, or one class's schema; cached per server and credential
+        (`refresh=True` reads it again, e.g. after installing nodes). Do not modify what it returns."""
+        key = self._cache_key()
         complete, known = (False, {}) if refresh else _OBJECT_INFO.get(key, (False, {}))
         if node_class is None:
             if not complete:
@@ -138,6 +140,36 @@ class ComfyClient:
                 return schema
         raise ValidationError(f"The {self.service} has no node class {node_class!r} (is its custom node "
                               "pack installed?).")
+
+    def _cache_key(self) -> str:
+        """Whose node list a cached `object_info` is: the server's (a stock server has no auth)."""
+        return self._base.get()
+
+    async def _node_list(self, refresh: bool) -> dict[str, Any] | None:
+        try:
+            return await self.object_info(refresh=refresh)
+        except (APIError, TransportError) as exc:
+            log.info("Could not read the %s's node list (%s): the full check was skipped; only the "
+                     "workflow itself was checked.", self.service, type(exc).__name__)
+            return None
+
+    async def check(self, workflow: Workflow | Mapping[str, Any]) -> dict[str, Any] | None:
+        """Check `workflow` against the server's node schemas (`object_info`, see
+        `workflow.check_workflow`): every problem in one ValidationError, before anything is sent.
+        A problem found with a cached node list is checked again once against a fresh read (a node,
+        model or upload may be there since). Returns the node list used (None: unreadable)."""
+        wf = workflow if isinstance(workflow, Workflow) else Workflow(workflow)
+        cached = _OBJECT_INFO.get(self._cache_key(), (False, {}))[0]
+        info = await self._node_list(refresh=False)
+        what = f"the workflow for the {self.service}"
+        try:
+            check_workflow(wf, info, what=what)
+        except ValidationError:
+            if info is None or not cached:
+                raise
+            info = await self._node_list(refresh=True)
+            check_workflow(wf, info, what=what)
+        return info
 
     async def upload(
         self, file: str | os.PathLike[str] | bytes, *, filename: str | None = None,
@@ -207,13 +239,15 @@ class ComfyClient:
     # -- jobs --
     async def _submit(
         self, workflow: Workflow | Mapping[str, Any], client_id: str | None,
-        extra_data: Mapping[str, Any] | None, label: str | None,
+        extra_data: Mapping[str, Any] | None, label: str | None, *, validate: bool = True,
     ) -> Job:
-        """Queue `workflow` and return its Job; its socket is open before the POST, so no event of
-        the prompt can be missed."""
+        """Queue `workflow` (checked first unless `validate` is False) and return its Job; its
+        socket is open before the POST, so no event of the prompt can be missed."""
         wf = workflow if isinstance(workflow, Workflow) else Workflow(workflow)
         if extra_data is not None and not isinstance(extra_data, Mapping):
             raise ValidationError("extra_data must be an object.")
+        if validate:
+            await self.check(wf)
         run = self._new_run(wf.data, client_id or new_client_id())
         await run.connect()
         try:
@@ -314,11 +348,13 @@ class AsyncComfyUI(ComfyClient):
 
     async def queue(
         self, workflow: Workflow | Mapping[str, Any], *, client_id: str | None = None,
-        extra_data: Mapping[str, Any] | None = None, label: str | None = None,
+        extra_data: Mapping[str, Any] | None = None, label: str | None = None, validate: bool = True,
     ) -> Job:
         """Queue an API-format workflow and return its `Job`, followed over the WebSocket.
 
-        A prompt the server refuses raises ValidationError with one line per bad node input.
+        First checked against the server's node schemas (`object_info`, cached; see `check`):
+        every problem at once, nothing sent; `validate=False` skips that. A prompt the server
+        refuses raises ValidationError with one line per bad node input.
         Each job has its own `client_id` unless one is given (the server sends a prompt's
         events only to the socket of its client id, and one socket per id)."""
-        return await self._submit(workflow, client_id, extra_data, label)
+        return await self._submit(workflow, client_id, extra_data, label, validate=validate)

@@ -1,0 +1,244 @@
+"""Checked by default before every paid submit: serverless (the emulator), a stock ComfyUI (the
+independent double) and Comfy Cloud (the emulator). Each kind of problem is refused with nothing
+sent, asserted on the server's own log; `validate=False` sends."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+import runcomfy_nb as rc
+from runcomfy_nb.clients.cloud import AsyncComfyCloud
+from runcomfy_nb.clients.comfyui import AsyncComfyUI
+from runcomfy_nb.emulator import Emulator
+from runcomfy_nb.errors import TransportError, ValidationError
+
+from ..doubles import comfyui_double
+from ..doubles.comfyui_double import ComfyDouble
+from ..helpers import TOKEN, image_workflow, posts
+
+FLUX, LORA = "dep-flux-kontext", "dep-lora-portrait"
+CLOUD_KEY = "comfyui-validation-key-SENTINEL-77"
+Edit = Callable[[dict[str, Any]], Any]
+
+
+def _set(node: str, name: str, value: Any) -> Edit:
+    return lambda wf: wf[node]["inputs"].__setitem__(name, value)
+
+
+def _drop(node: str, name: str) -> Edit:
+    return lambda wf: wf[node]["inputs"].pop(name)
+
+
+def _add_node(node: str, cls: str) -> Edit:
+    return lambda wf: wf.__setitem__(node, {"class_type": cls, "inputs": {}})
+
+
+# (edit of a whole workflow whose sampler is node S and saver node V, message) — S/V are filled in
+KINDS: list[tuple[str, Callable[[str, str], Edit], str]] = [
+    ("float for INT", lambda s, v: _set(s, "seed", 7.5),
+     r"input 'seed': it takes an integer, not float 7\.5"),
+    ("string for INT", lambda s, v: _set(s, "steps", "20"), r"input 'steps': it takes an integer, not str"),
+    ("bool for INT", lambda s, v: _set(s, "steps", True), r"it takes an integer, not bool True"),
+    ("misspelt input", lambda s, v: _set(v, "filename_prefx", "x"),
+     r"has no input 'filename_prefx'\. Did you mean 'filename_prefix'\?"),
+    ("not in list", lambda s, v: _set(s, "sampler_name", "eulr"),
+     r"input 'sampler_name': 'eulr' is not one of its values .*Did you mean 'euler'\?"),
+    ("out of range", lambda s, v: _set(s, "steps", 100000), r"input 'steps': 100000 is out of range"),
+    ("link replaced", lambda s, v: _set(s, "model", "sd15.safetensors"),
+     r"input 'model': it takes a MODEL connection from another node"),
+    ("required missing", lambda s, v: _drop(s, "steps"), r"input 'steps' is required"),
+    ("unknown node", lambda s, v: _add_node("77", "NoSuchNode"), r"'NoSuchNode' is not installed"),
+]
+
+
+def _wrong(base: dict[str, Any], edit: Edit) -> dict[str, Any]:
+    wf = copy.deepcopy(base)
+    edit(wf)
+    return wf
+
+
+# --- a stock ComfyUI: the independent double --------------------------------------------------
+
+DOUBLE_WORKFLOW: dict[str, Any] = {
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox", "clip": ["4", 1]},
+          "_meta": {"title": "Positive Prompt"}},
+    "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+    "3": {"class_type": "KSampler", "inputs": {
+        "seed": 7, "steps": 2, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+        "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "nb", "images": ["8", 0]},
+          "_meta": {"title": "Save"}},
+}
+
+
+@pytest.fixture
+async def double() -> AsyncIterator[ComfyDouble]:
+    async with ComfyDouble() as d:
+        yield d
+
+
+@pytest.fixture
+async def comfy(double: ComfyDouble) -> AsyncIterator[AsyncComfyUI]:
+    async with AsyncComfyUI(double.url) as client:
+        await client.object_info(refresh=True)  # a fresh read for this double's address
+        yield client
+
+
+@pytest.mark.parametrize(("edit", "message"), [(k(("3"), "9"), m) for _, k, m in KINDS],
+                         ids=[name for name, _, _ in KINDS])
+async def test_comfyui_refuses_before_the_post(comfy: AsyncComfyUI, double: ComfyDouble, edit: Edit,
+                                               message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as caught:
+        await comfy.queue(_wrong(DOUBLE_WORKFLOW, edit))
+    assert str(caught.value).endswith("Nothing was sent.")
+    assert double.count("POST", "/prompt") == 0
+
+
+async def test_comfyui_lists_every_problem_naming_title_id_and_input(comfy: AsyncComfyUI,
+                                                                     double: ComfyDouble) -> None:
+    wf = _wrong(DOUBLE_WORKFLOW, _set("3", "seed", 7.5))
+    wf["9"]["inputs"]["filename_prefx"] = "x"
+    wf["6"]["inputs"]["text"] = 3
+    with pytest.raises(ValidationError) as caught:
+        await comfy.queue(wf)
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith("3 problems with the workflow") and lines[0].endswith("nothing was sent:")
+    assert len(lines) == 4 and all(line.startswith("  - Node ") for line in lines[1:])
+    assert any("Node 3 (KSampler), input 'seed'" in line for line in lines)
+    assert any("Node 6 (Positive Prompt), input 'text': it takes text" in line for line in lines)
+    assert any("Node 9 (Save) has no input 'filename_prefx'" in line for line in lines)
+    assert double.count("POST", "/prompt") == 0
+
+
+async def test_comfyui_sends_valid_and_unchecked_workflows(comfy: AsyncComfyUI, double: ComfyDouble) -> None:
+    job = await comfy.queue(DOUBLE_WORKFLOW)
+    await job.result(timeout=30)
+    assert double.count("POST", "/prompt") == 1
+    # hidden inputs and a frontend's control widget are not errors
+    wf = _wrong(DOUBLE_WORKFLOW, _set("3", "control_after_generate", "fixed"))
+    wf["9"]["inputs"]["prompt"] = {}
+    await (await comfy.queue(wf)).result(timeout=30)
+    sloppy = _wrong(DOUBLE_WORKFLOW, _set("9", "filename_prefx", "x"))
+    await (await comfy.queue(sloppy, validate=False)).result(timeout=30)
+    assert double.count("POST", "/prompt") == 3
+    assert double.count("GET", "/object_info") == 1  # cached per server
+
+
+async def test_comfyui_rereads_object_info_once_for_a_class_it_lacks(
+        comfy: AsyncComfyUI, double: ComfyDouble, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(comfyui_double.NODES, "ImageInvert", comfyui_double._schema(
+        "ImageInvert", {"image": ["IMAGE", {}]}, ["IMAGE"], category="image"))
+    wf = copy.deepcopy(DOUBLE_WORKFLOW)
+    wf["10"] = {"class_type": "ImageInvert", "inputs": {"image": ["8", 0]}}
+    wf["9"]["inputs"]["images"] = ["10", 0]
+    await (await comfy.queue(wf)).result(timeout=30)  # installed since the first read
+    assert double.count("GET", "/object_info") == 2
+    wf["11"] = {"class_type": "NoSuchNode", "inputs": {}}
+    with pytest.raises(ValidationError, match="'NoSuchNode' is not installed"):
+        await comfy.queue(wf)
+    assert double.count("GET", "/object_info") == 3  # once per submit that lacks a class, no more
+    assert double.count("POST", "/prompt") == 1
+
+
+async def test_comfyui_without_object_info_checks_the_workflow_itself(
+        comfy: AsyncComfyUI, double: ComfyDouble, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise TransportError("The ComfyUI server did not answer.")
+
+    monkeypatch.setattr(comfy, "object_info", unreadable)
+    wf = _wrong(DOUBLE_WORKFLOW, _set("8", "samples", ["33", 0]))
+    with pytest.raises(ValidationError, match=r"Node 8 \(VAEDecode\), input 'samples': it links to node "
+                                              r"'33', which is not in the workflow\. Did you mean '3'\?"):
+        await comfy.queue(wf)
+    assert double.count("POST", "/prompt") == 0
+    with caplog.at_level(logging.INFO, logger="runcomfy_nb"):
+        job = await comfy.queue(_wrong(DOUBLE_WORKFLOW, _set("3", "sampler_name", "euler_ancestral")))
+    assert [r.message for r in caplog.records if "full check was skipped" in r.message]
+    await job.result(timeout=30)
+    assert double.count("POST", "/prompt") == 1
+
+
+# --- serverless: the emulator -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def api(fresh: Emulator) -> AsyncIterator[rc.AsyncRunComfy]:
+    async with rc.AsyncRunComfy(token=TOKEN, base_url=fresh.url) as client:
+        yield client
+
+
+@pytest.mark.parametrize(("edit", "message"), [(k("31", "9"), m) for _, k, m in KINDS],
+                         ids=[name for name, _, _ in KINDS])
+async def test_serverless_workflow_refused_by_default(api: rc.AsyncRunComfy, fresh: Emulator, edit: Edit,
+                                                      message: str) -> None:
+    before = posts(fresh, FLUX)
+    with pytest.raises(ValidationError, match=message) as caught:
+        await api.deployments.submit(FLUX, workflow=_wrong(fresh.saved_workflow(FLUX), edit))
+    assert str(caught.value).endswith("Nothing was sent.")
+    assert posts(fresh, FLUX) == before
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"KSampler": {"seed": 7.5}}, r"Node 31 \(KSampler\), input 'seed': it takes an integer, not float"),
+    ({"9": {"filename_prefx": "x"}}, r"Node 9 \(Save Image\) has no input 'filename_prefx'\. Did you mean"),
+    ({"31": {"sampler_name": "eulr"}}, r"'eulr' is not one of its values"),
+    ({"31": {"steps": 100000}}, r"100000 is out of range \(1 to 10000\)"),
+    ({"31": {"model": "flux.safetensors"}}, r"input 'model': it takes a MODEL connection from another node "
+                                            r"\(node 4 in the saved workflow\), not a value"),
+    ({"KSamplr": {"seed": 1}}, r"No node 'KSamplr' in the workflow\. Did you mean 'KSampler'\?"),
+])
+async def test_serverless_overrides_refused_by_default(api: rc.AsyncRunComfy, fresh: Emulator,
+                                                       overrides: dict[str, Any], message: str) -> None:
+    before = posts(fresh, FLUX)
+    with pytest.raises(ValidationError, match=message):
+        await api.deployments.submit(FLUX, overrides)
+    assert posts(fresh, FLUX) == before
+
+
+async def test_serverless_opt_out_lora_and_cached_workflow(api: rc.AsyncRunComfy, fresh: Emulator) -> None:
+    before = posts(fresh, FLUX)
+    reads = sum(1 for r in fresh.log if r.method == "GET" and r.path.endswith(f"/deployments/{FLUX}"))
+    job = await api.deployments.submit(FLUX, {"KSampler": {"seed": 7.5}}, validate=False)
+    sent = next(r for r in fresh.requests_for(FLUX) if r.id == job.id).body["overrides"]
+    assert sent == {"31": {"inputs": {"seed": 7.5}}}  # titles still resolved without the check
+    await api.deployments.submit(FLUX, {"CLIP Text Encode (Positive Prompt)": {"text": "a harbour"}})
+    assert posts(fresh, FLUX) == before + 2
+    saved = await api.deployments.workflow(FLUX)
+    assert saved is not None and saved.find("KSampler") == "31"
+    after = sum(1 for r in fresh.log if r.method == "GET" and r.path.endswith(f"/deployments/{FLUX}"))
+    assert after - reads <= 1  # the saved workflow is read once, not per submit
+    await api.deployments.submit(LORA, inputs={"prompt": "a portrait"})  # not checked against nodes
+    assert posts(fresh, LORA) >= 1
+
+
+# --- Comfy Cloud: the emulator --------------------------------------------------------------
+
+
+@pytest.fixture
+async def cloud(fresh: Emulator) -> AsyncIterator[AsyncComfyCloud]:
+    fresh.cloud_account(CLOUD_KEY, tier="creator", active=True, credits=1000)
+    async with AsyncComfyCloud(CLOUD_KEY, base_url=fresh.cloud_url) as client:
+        yield client
+
+
+def cloud_posts(emulator: Emulator) -> int:
+    return sum(1 for r in emulator.log if r.method == "POST" and r.path == "/cloud/api/prompt")
+
+
+@pytest.mark.parametrize(("edit", "message"), [(k("31", "9"), m) for _, k, m in KINDS],
+                         ids=[name for name, _, _ in KINDS])
+async def test_cloud_refuses_before_the_post(cloud: AsyncComfyCloud, fresh: Emulator, edit: Edit,
+                                             message: str) -> None:
+    before = cloud_posts(fresh)
+    with pytest.raises(ValidationError, match=message):
+        await cloud.queue(_wrong(image_workflow(), edit))
+    assert cloud_posts(fresh) == before
