@@ -1,8 +1,12 @@
 """HTTP transport: one `httpx.AsyncClient` per API base URL, with auth, retries (see `http_policy`)
-and error replies mapped to the error tree (see `http_errors`)."""
+and error replies mapped to the error tree (see `http_errors`). At most `max_in_flight` calls are
+on the wire at once (the pool and its keep-alive have as many connections): the others wait for a
+slot, and that wait is not part of their timeout; a 429's Retry-After holds every call."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,9 +14,9 @@ import httpx
 import stamina
 
 from .config import Secret
-from .errors import SubmitUncertain, TransportError
+from .errors import RateLimited, SubmitUncertain, TransportError
 from .http_errors import ErrorMapper, api_error, parse_body
-from .http_policy import NEVER_SENT, USER_AGENT, answered, reason, retries_of, retry_hook
+from .http_policy import MAX_RETRY_AFTER, NEVER_SENT, USER_AGENT, answered, reason, retries_of, retry_hook
 from .ratelimit import RateLimiter
 
 
@@ -20,7 +24,8 @@ class Transport:
     """Calls one API at `base_url`; `auth` maps header names to secrets added to each request.
     `errors` turns an error reply into the exception (an API whose statuses mean something else,
     like Comfy Cloud's 429 "subscription inactive", brings its own); retries follow `http_policy`.
-    `http_transport` replaces httpx's network transport (tests give an `httpx.MockTransport`)."""
+    `http_transport` replaces httpx's network transport (tests give an `httpx.MockTransport`).
+    `max_in_flight` bounds the calls on the wire at once; more wait for a slot, in order."""
 
     def __init__(
         self,
@@ -35,6 +40,7 @@ class Transport:
         retry_timeout: float = 60.0,
         errors: ErrorMapper = api_error,
         http_transport: httpx.AsyncBaseTransport | None = None,
+        max_in_flight: int = 32,
     ) -> None:
         self.service = service
         self._errors = errors
@@ -43,11 +49,16 @@ class Transport:
         self._limiter = limiter
         self._attempts = attempts
         self._retry_timeout = retry_timeout
+        self.max_in_flight = max_in_flight
+        self._slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        self._held_until = 0.0  # time.monotonic() before which no call is sent (a 429)
         self._client = httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(timeout, connect=10.0),
             headers={"User-Agent": USER_AGENT},
             transport=http_transport,
+            limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight,
+                                keepalive_expiry=30.0),
         )
 
     def __repr__(self) -> str:
@@ -108,15 +119,30 @@ class Transport:
         if self._limiter is not None:
             await self._limiter.acquire()
         headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
-        response = await self._client.request(method, path, headers=headers, **kwargs)
+        async with self._slot():
+            while (hold := self._held_until - time.monotonic()) > 0:
+                await asyncio.sleep(hold)
+            response = await self._client.request(method, path, headers=headers, **kwargs)
         if response.status_code >= 400:
             await response.aread()
-            raise self._errors(response.status_code, parse_body(response), response.headers, self.service)
+            error = self._errors(response.status_code, parse_body(response), response.headers, self.service)
+            if isinstance(error, RateLimited) and error.retry_after:
+                self._held_until = max(self._held_until,
+                                       time.monotonic() + min(error.retry_after, MAX_RETRY_AFTER))
+            raise error
         body = parse_body(response) if response.headers.get("content-type", "").startswith(
             "application/json") else None
         if isinstance(body, dict) and body.get("error_code") is not None:
             raise self._errors(response.status_code, body, response.headers, self.service)
         return response
+
+    def _slot(self) -> asyncio.Semaphore:
+        """This event loop's slots for calls on the wire."""
+        loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop)
+        if slots is None:
+            slots = self._slots[loop] = asyncio.Semaphore(self.max_in_flight)
+        return slots
 
     async def aclose(self) -> None:
         await self._client.aclose()
