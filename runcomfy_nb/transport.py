@@ -126,9 +126,8 @@ class Transport:
         if response.status_code >= 400:
             await response.aread()
             error = self._errors(response.status_code, parse_body(response), response.headers, self.service)
-            if isinstance(error, RateLimited) and error.retry_after:
-                self._held_until = max(self._held_until,
-                                       time.monotonic() + min(error.retry_after, MAX_RETRY_AFTER))
+            if isinstance(error, RateLimited) and error.retry_after and error.retry_after <= MAX_RETRY_AFTER:
+                self._held_until = max(self._held_until, time.monotonic() + error.retry_after)
             raise error
         body = parse_body(response) if response.headers.get("content-type", "").startswith(
             "application/json") else None
