@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from .errors import JobCancelled, ValidationError
 from .events import JobResult
-from .jobs import Job
+from .jobs import CANCEL_WAIT, Job
 from .media import output_dir
 from .status import Status
 from .workflow import Workflow, normalize_overrides
@@ -172,6 +172,7 @@ class Sweep:
         self._listeners: list[SweepListener] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelling = False
+        self._stopping: asyncio.Task[dict[str, int]] | None = None  # the cancel an interruption started
         self._durations: list[float] = []
         self.loop = asyncio.get_running_loop()
         self._feeder = self.loop.create_task(self._feed(), name="runcomfy-sweep")
@@ -284,9 +285,18 @@ class Sweep:
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    async def result(self) -> list[Cell]:
-        """Every cell once all ended; a failed cell carries its message, it raises nothing."""
-        await self._all()
+    async def result(self, *, cancel_on_interrupt: bool = True) -> list[Cell]:
+        """Every cell once all ended; a failed cell carries its message, it raises nothing. If the
+        waiting is interrupted (Ctrl-C, a cancelled task), the whole sweep is cancelled first (see
+        `cancel`) unless `cancel_on_interrupt=False`; then the interruption goes on."""
+        try:
+            await self._all()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            if cancel_on_interrupt and not self.done:
+                stopping = self._stopping = self._stopping or self.loop.create_task(self.cancel())
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.shield(stopping)  # a second interruption stops the waiting, not the cancel
+            raise
         return self.cells
 
     async def cancel(self) -> dict[str, int]:
@@ -318,7 +328,7 @@ class Sweep:
 async def _cancel(job: Job) -> None:
     """Cancel one job of a sweep; a failed cancel is logged (the cell shows how the job ended)."""
     try:
-        await job.cancel()
+        await job.cancel(wait=CANCEL_WAIT)
     except Exception as exc:
         log.warning("cancel of sweep job %s failed: %s", job.id, exc)
 

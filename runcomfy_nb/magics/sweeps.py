@@ -174,19 +174,22 @@ def run_sweep(magics: Any, start: Start, options: SweepOptions, *, out: str | No
         magics.shell.user_ns[out] = sweep
     try:
         display(sync.on_loop(SweepView, sweep))  # made on the sweep's loop, where its changes arrive
-        sweep.wait()
+        sweep.result(cancel_on_interrupt=magics.auto_cancel)
     except KeyboardInterrupt:
         print(interrupted(magics, sweep))
     return None
 
 
 def interrupted(magics: Any, sweep: Any) -> str:
-    """What came of a Ctrl-C during a sweep: cancelled (and confirmed), or left running."""
+    """What came of a Ctrl-C during a sweep (`Sweep.result` has cancelled it, unless auto_cancel
+    is off), as the servers last told it."""
     if not magics.auto_cancel:
         return "Interrupted: the sweep runs on (auto_cancel is off); its view above keeps updating."
-    counts = sweep.cancel()
-    done = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
-    return f"Interrupted: the sweep was cancelled ({done})."
+    counts = ", ".join(f"{n} {state}" for state, n in sweep.counts.items() if n)
+    if sweep.done:
+        return f"Interrupted: the sweep was cancelled ({counts})."
+    return (f"Interrupted: the sweep is being cancelled ({counts}); jobs still shown running may "
+            "still be running there (see `%runcomfy jobs`).")
 
 
 __all__ = ["SweepOptions", "parse_sweep", "run_sweep", "take_sweeps"]

@@ -36,7 +36,8 @@ def layout(sweep: Sweep) -> str:
 class SweepView(Snapshots, anywidget.AnyWidget):
     """Live view of a `Sweep`: counts queued/running/done/failed/cancelled, ETA, a Cancel button
     that cancels the whole sweep, and one tile per combination (its first image once it finished,
-    its message if it failed). Updates are batched (at most ~4 syncs per second)."""
+    its message if it failed). Updates are batched: at most ~4 syncs per second, fewer for
+    sweeps of over 500 jobs (each sync sends every cell)."""
 
     _esm = esm("sweep.js")
     _css = css("sweep.css")
@@ -61,7 +62,8 @@ class SweepView(Snapshots, anywidget.AnyWidget):
         self._thumbs = asyncio.Semaphore(THUMBS_AT_ONCE)
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancel: concurrent.futures.Future[Any] | asyncio.Future[Any] | None = None
-        self._throttle = Throttle(self._apply, sweep.loop, interval=0.25)
+        # every sync sends all cells: a large sweep syncs less often
+        self._throttle = Throttle(self._apply, sweep.loop, interval=max(0.25, len(sweep.cells) / 2000))
         self.on_msg(self._on_msg)
         self._undo = [call(self._attach, sweep.loop), self._throttle.close]
 

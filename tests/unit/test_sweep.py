@@ -173,6 +173,26 @@ async def test_cancel_stops_pending_and_cancels_running() -> None:
     assert "cancelled" in seen
 
 
+async def test_an_interrupted_wait_cancels_the_sweep_unless_told_not_to() -> None:
+    server = Server(instant=False)
+    kept = start_sweep(server.submit, {"31.seed": [1, 2, 3]}, concurrency=1)
+    waiting = asyncio.create_task(kept.result(cancel_on_interrupt=False))
+    await until(lambda: server.running == 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert kept.counts["pending"] == 2 and not server.backends[0].cancelled
+    await kept.cancel()
+
+    sweep = start_sweep(server.submit, {"31.seed": [1, 2, 3]}, concurrency=1)
+    waiting = asyncio.create_task(sweep.result())
+    await until(lambda: server.running == 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert sweep.done and sweep.counts["cancelled"] == 3 and server.backends[-1].cancelled
+
+
 async def test_eta_from_finished_durations() -> None:
     server = Server(instant=False)
     sweep = start_sweep(server.submit, {"31.seed": [1, 2, 3, 4, 5]}, concurrency=1)
