@@ -8,6 +8,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from ..errors import ValidationError
 from ..workflow import Workflow, parse_cell
+from .prompt import uploaded_namespace
 from .run import deliver, seconds
 from .session import SESSION
 
@@ -21,6 +22,8 @@ from .session import SESSION
 @argument("--out", help="store the result (or the job, with --no-wait) under this name")
 @argument("--timeout", type=seconds, help="seconds to wait before cancelling the job")
 @argument("--no-wait", action="store_true", help="return the job at once; it runs on")
+@argument("--no-validate", action="store_true",
+          help="send without first checking the workflow against Comfy Cloud's nodes")
 def _cloud_args(line: str) -> None: ...
 
 
@@ -46,15 +49,17 @@ def cloud_request(cell: str, namespace: dict[str, Any], base: Workflow | None) -
     return base.override(data), None
 
 
+def cloud_arguments(magics: Any, args: Any, cell: str | None, client: Any) -> dict[str, Any]:
+    """The keyword arguments of `queue` a cell asks for (uploading `--upload` files first)."""
+    base = Workflow.load(args.workflow) if args.workflow else None
+    workflow, extra = cloud_request(cell or "", uploaded_namespace(magics, client, args.upload), base)
+    partner = {"auto": None, "yes": True, "no": False}[args.partner_key]
+    return {"workflow": workflow, "partner_key": partner, "extra_data": extra,
+            "validate": not args.no_validate}
+
+
 def cloud(magics: Any, line: str, cell: str | None) -> Any:
     args = parse_argstring(_cloud_args, line)
     client = SESSION.cloud
-    base = Workflow.load(args.workflow) if args.workflow else None
-    namespace = dict(magics.shell.user_ns)
-    uploads = [client.upload(path) for path in args.upload]
-    if uploads:
-        namespace.update(upload=str(uploads[0]), uploads=[str(u) for u in uploads])
-    workflow, extra = cloud_request(cell or "", namespace, base)
-    partner = {"auto": None, "yes": True, "no": False}[args.partner_key]
-    job = client.queue(workflow, partner_key=partner, extra_data=extra)
+    job = client.queue(**cloud_arguments(magics, args, cell, client))
     return deliver(magics, job, args)

@@ -20,6 +20,8 @@ from .session import SESSION
           help="upload this file first; the cell may use its stored name as {{upload}}")
 @argument("--out", help="store the result under this name")
 @argument("--timeout", type=seconds, help="seconds to wait before cancelling the prompt")
+@argument("--no-validate", action="store_true",
+          help="send without first checking the workflow against the server's nodes")
 def _prompt_args(line: str) -> None: ...
 
 
@@ -34,16 +36,32 @@ def workflow_from_cell(cell: str, namespace: dict[str, Any], base: Workflow | No
     return base.override(data)
 
 
-def prompt(magics: Any, line: str, cell: str | None) -> Any:
-    args = parse_argstring(_prompt_args, line)
-    if args.machine and args.url:
-        raise ValidationError("Give --machine or --url, not both.")
-    comfy = SESSION.comfy(args.machine or args.url)
-    base = Workflow.load(args.workflow) if args.workflow else None
+def uploaded_namespace(magics: Any, client: Any, paths: list[str]) -> dict[str, Any]:
+    """The user's namespace plus `{{upload}}` / `{{uploads}}`: the stored names of `paths`,
+    uploaded first."""
     namespace = dict(magics.shell.user_ns)
-    uploads = [comfy.upload(path) for path in args.upload]
+    uploads = [client.upload(path) for path in paths]
     if uploads:
         namespace.update(upload=str(uploads[0]), uploads=[str(u) for u in uploads])
-    workflow = workflow_from_cell(cell or "", namespace, base)
-    job = comfy.queue(workflow)
+    return namespace
+
+
+def prompt_target(args: Any) -> Any:
+    """The (blocking) ComfyUI client the arguments name."""
+    if args.machine and args.url:
+        raise ValidationError("Give --machine or --url, not both.")
+    return SESSION.comfy(args.machine or args.url)
+
+
+def prompt_request(magics: Any, args: Any, cell: str | None, comfy: Any) -> dict[str, Any]:
+    """The keyword arguments of `queue` a cell asks for (uploading `--upload` files first)."""
+    base = Workflow.load(args.workflow) if args.workflow else None
+    namespace = uploaded_namespace(magics, comfy, args.upload)
+    return {"workflow": workflow_from_cell(cell or "", namespace, base), "validate": not args.no_validate}
+
+
+def prompt(magics: Any, line: str, cell: str | None) -> Any:
+    args = parse_argstring(_prompt_args, line)
+    comfy = prompt_target(args)
+    job = comfy.queue(**prompt_request(magics, args, cell, comfy))
     return follow(magics, job, timeout=args.timeout, out=args.out)

@@ -37,6 +37,8 @@ def seconds(text: str) -> float:
 @argument("--out", help="store the result (or the job, with --no-wait) under this name")
 @argument("--timeout", type=seconds, help="seconds to wait before cancelling the job")
 @argument("--no-wait", action="store_true", help="return the job at once; it runs on")
+@argument("--no-validate", action="store_true",
+          help="send without first checking the cell against the deployment's workflow and nodes")
 def _run_args(line: str) -> None: ...
 
 
@@ -107,8 +109,14 @@ def deliver(magics: Any, job: Job, args: Any) -> Job | JobResult | None:
     return follow(magics, job, timeout=args.timeout, out=args.out)
 
 
+def run_request(magics: Any, args: Any, cell: str | None) -> dict[str, Any]:
+    """The keyword arguments of `Deployments.submit` a cell asks for; node titles and class names
+    in override lines are resolved by the submit, against the deployment's saved workflow."""
+    kind, data = parse_cell(cell or "", magics.shell.user_ns)
+    return {**submit_arguments(kind, data), "validate": not args.no_validate}
+
+
 def run(magics: Any, line: str, cell: str | None) -> Any:
     args = parse_argstring(_run_args, line)
-    kind, data = parse_cell(cell or "", magics.shell.user_ns)
-    job = SESSION.client.deployments.submit(args.deployment, **submit_arguments(kind, data))
+    job = SESSION.client.deployments.submit(args.deployment, **run_request(magics, args, cell))
     return deliver(magics, job, args)

@@ -5,21 +5,25 @@ sent, asserted on the server's own log; `validate=False` sends."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 import runcomfy_nb as rc
 from runcomfy_nb.clients.cloud import AsyncComfyCloud
 from runcomfy_nb.clients.comfyui import AsyncComfyUI
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.errors import TransportError, ValidationError
+from runcomfy_nb.magics.session import SESSION
 
 from ..doubles import comfyui_double
 from ..doubles.comfyui_double import ComfyDouble
-from ..helpers import TOKEN, image_workflow, posts
+from ..helpers import TOKEN, emulating_shell, image_workflow, posts, run_cell
 
 FLUX, LORA = "dep-flux-kontext", "dep-lora-portrait"
 CLOUD_KEY = "comfyui-validation-key-SENTINEL-77"
@@ -242,3 +246,82 @@ async def test_cloud_refuses_before_the_post(cloud: AsyncComfyCloud, fresh: Emul
     with pytest.raises(ValidationError, match=message):
         await cloud.queue(_wrong(image_workflow(), edit))
     assert cloud_posts(fresh) == before
+
+
+# --- the run magics: one UsageError block, nothing sent; --no-validate sends -----------------------
+
+MAGIC_KEY = "comfyui-validation-magic-SENTINEL-31"
+
+
+@pytest.fixture(scope="module")
+def ip() -> Iterator[InteractiveShell]:
+    with emulating_shell(40, COMFY_CLOUD_API_KEY=MAGIC_KEY) as shell:
+        yield shell
+
+
+def refused(ip: InteractiveShell, cell: str, capsys: pytest.CaptureFixture[str]) -> str:
+    result, text = run_cell(ip, cell, capsys, MAGIC_KEY)
+    assert not result.success and "UsageError" in text and "Traceback" not in text
+    return text
+
+
+def test_run_magic_checks_and_resolves_titles(ip: InteractiveShell,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    emu = SESSION.emulator
+    before = posts(emu, FLUX)
+    text = refused(ip, f"%%runcomfy run {FLUX}\nKSampler.seed = 7.5\n9.filename_prefx = \"x\"\n", capsys)
+    assert "2 problems with the overrides" in text and "it takes an integer, not float 7.5" in text
+    assert "Node 9 (Save Image) has no input 'filename_prefx'. Did you mean 'filename_prefix'?" in text
+    text = refused(ip, f'%%runcomfy run {FLUX}\nCLIPTextEncode.text = "x"\n', capsys)
+    assert ("'CLIPTextEncode' names 2 nodes: 6 (CLIP Text Encode (Positive Prompt), CLIPTextEncode), "
+            "7 (CLIP Text Encode (Negative Prompt), CLIPTextEncode)") in text
+    assert "Did you mean 'KSampler'?" in refused(ip, f"%%runcomfy run {FLUX}\nKSamplr.seed = 1\n", capsys)
+    assert posts(emu, FLUX) == before
+    result, text = run_cell(ip, f'%%runcomfy run {FLUX} --no-wait --out ok\nKSampler.seed = 7\n'
+                                '"CLIP Text Encode (Positive Prompt)".text = "a harbour"\n', capsys)
+    assert result.success, text
+    sent = next(r for r in emu.requests_for(FLUX) if r.id == ip.user_ns["ok"].id).body["overrides"]
+    assert sent == {"31": {"inputs": {"seed": 7}}, "6": {"inputs": {"text": "a harbour"}}}
+    result, text = run_cell(ip, f"%%runcomfy run {FLUX} --no-validate --no-wait --out sloppy\n"
+                                "KSampler.seed = 7.5\n", capsys)
+    assert result.success, text
+    assert posts(emu, FLUX) == before + 2
+
+
+def test_cloud_magic_checks(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    emu = SESSION.emulator
+    wf = _wrong(image_workflow(), _set("31", "seed", 7.5))
+    before = cloud_posts(emu)
+    text = refused(ip, f"%%runcomfy cloud\n{json.dumps(wf)}\n", capsys)
+    assert "Node 31 (KSampler), input 'seed': it takes an integer, not float 7.5. Nothing was sent." in text
+    assert cloud_posts(emu) == before
+    result, text = run_cell(ip, f"%%runcomfy cloud --no-validate --no-wait\n{json.dumps(wf)}\n", capsys,
+                            MAGIC_KEY)
+    assert result.success, text
+    assert cloud_posts(emu) == before + 1
+
+
+def test_prompt_magic_checks(ip: InteractiveShell, capsys: pytest.CaptureFixture[str],
+                             tmp_path: Path) -> None:
+    versions = [w.version_id for w in SESSION.client.machines.workflows()]
+    result, text = run_cell(ip, f"%runcomfy launch {versions[0]} --type medium --duration 1h --wait "
+                                "--out vm", capsys)
+    assert result.success, text
+    machine = ip.user_ns["vm"]
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(SESSION.emulator.machine_workflow(versions[0])))
+    prompts = f"/machines/{machine.id}/prompt"
+
+    def sent() -> int:
+        return sum(1 for r in SESSION.emulator.log if r.method == "POST" and r.path == prompts)
+
+    try:
+        text = refused(ip, f"%%runcomfy prompt --machine {machine.id} --workflow {path}\n"
+                           "KSampler.seed = 7.5\n", capsys)
+        assert "input 'seed': it takes an integer, not float 7.5. Nothing was sent." in text
+        assert sent() == 0
+        result, text = run_cell(ip, f"%%runcomfy prompt --machine {machine.id} --workflow {path} "
+                                    "--no-validate\nKSampler.seed = 7.5\nKSampler.steps = 2\n", capsys)
+        assert sent() == 1
+    finally:
+        run_cell(ip, f"%runcomfy stop {machine.id[:8]}", capsys)
