@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .errors import JobCancelled, ValidationError
 from .events import JobResult
@@ -351,21 +351,19 @@ def start_sweep(submit: Submit, axes: Mapping[str, Sequence[Any]], *,
     return Sweep(submit, cells, concurrency=concurrency, axes=axes, zipped=zip)
 
 
-class Queues(Protocol):
-    """A client that queues whole workflows (AsyncComfyUI, AsyncComfyCloud)."""
-
-    async def queue(self, workflow: Workflow, *, validate: bool = True) -> Job: ...
-
-
-def workflow_sweep(client: Queues, workflow: Workflow | Mapping[str, Any], axes: Mapping[str, Sequence[Any]],
+def workflow_sweep(queue: Callable[..., Awaitable[Job]], workflow: Workflow | Mapping[str, Any],
+                   axes: Mapping[str, Sequence[Any]],
                    *, base: Mapping[Any, Any] | None = None, zip: bool = False,
-                   concurrency: int = COMFYUI_CONCURRENCY, validate: bool = True) -> Sweep:
-    """The sweep of a client that queues workflows: each combination is `workflow` with the
-    overrides applied (checked before anything is sent), queued with `client.queue`."""
+                   concurrency: int = COMFYUI_CONCURRENCY, validate: bool = True,
+                   options: Mapping[str, Any] | None = None) -> Sweep:
+    """The sweep of a client that queues workflows (AsyncComfyUI, AsyncComfyCloud): each combination
+    is `workflow` with the overrides applied (checked before anything is sent), queued with
+    `queue(workflow, validate=validate, **options)`, the client's `queue` (call inside the event
+    loop)."""
     wf = workflow if isinstance(workflow, Workflow) else Workflow(workflow)
 
     def submit(overrides: dict[str, dict[str, Any]]) -> Awaitable[Job]:
-        return client.queue(wf.override(overrides), validate=validate)
+        return queue(wf.override(overrides), validate=validate, **(options or {}))
 
     for params in combinations(axes, zip=zip)[:1]:  # a bad key or value fails here, before any submit
         wf.override(merged_overrides(base, params, {k: resolve_axis(k, wf) for k in axes}, wf))

@@ -117,14 +117,15 @@ async def test_comfyui_and_cloud_sweeps_through_their_queues(fresh: Emulator) ->
         try:
             await machine.wait_ready(timeout=30, poll=0.05)
             async with machine.comfyui() as comfy:
-                sweep = workflow_sweep(comfy, image_workflow(), {"seed": [11, 12, 13]},
+                sweep = workflow_sweep(comfy.queue, image_workflow(), {"seed": [11, 12, 13]},
                                        concurrency=COMFYUI_CONCURRENCY)
                 cells = await sweep.result()
         finally:
             await machine.stop()
     assert [c.state for c in cells] == ["succeeded"] * 3 and all(c.result and c.result.images for c in cells)
     async with rc.AsyncComfyCloud(fresh.comfy_api_key, base_url=fresh.cloud_url) as cloud:
-        sweep = workflow_sweep(cloud, image_workflow(), {"seed": [1, 2]}, concurrency=cloud_concurrency())
+        sweep = workflow_sweep(cloud.queue, image_workflow(), {"seed": [1, 2]},
+                               concurrency=cloud_concurrency())
         assert [c.state for c in await sweep.result()] == ["succeeded"] * 2
 
 

@@ -219,19 +219,22 @@ class Queuer:
         self.server = Server()
         self.workflows: list[Workflow] = []
 
-    async def queue(self, workflow: Workflow, *, validate: bool = True) -> Job:
+    async def queue(self, workflow: Workflow, **options: Any) -> Job:
         self.workflows.append(workflow)
+        self.options = options
         return await self.server.submit({})
 
 
 async def test_workflow_sweep_queues_the_overridden_workflow() -> None:
     client = Queuer()
-    sweep = workflow_sweep(client, WORKFLOW, {"seed": [5, 6]}, base={"Positive Prompt": {"text": "dog"}})
+    sweep = workflow_sweep(client.queue, WORKFLOW, {"seed": [5, 6]},
+                           base={"Positive Prompt": {"text": "dog"}}, options={"partner_key": True})
     await sweep.wait()
+    assert client.options == {"validate": True, "partner_key": True}
     assert [w.data["31"]["inputs"]["seed"] for w in client.workflows] == [5, 6]
     assert client.workflows[0].data["6"]["inputs"]["text"] == "dog"
     with pytest.raises(ValidationError, match="has no input 'sede'"):
-        workflow_sweep(client, WORKFLOW, {"KSampler.sede": [1]})
+        workflow_sweep(client.queue, WORKFLOW, {"KSampler.sede": [1]})
 
 
 def test_sweep_needs_a_positive_concurrency() -> None:
