@@ -20,6 +20,7 @@ from .jobs import Job
 from .media import Fetcher, media_from_outputs
 from .polling import DurationModel, PollPlan
 from .status import Status, failure_message, parse_status
+from .status_loop import StatusLoop
 from .timefmt import parse_timestamp
 
 T = TypeVar("T")
@@ -129,27 +130,29 @@ class Request:
 class PolledRun:
     """The Job backend that follows one queued request (serverless or Model API) by adaptive
     polling of its `request` endpoints. `durations` is its deployment's (or model's) run-time
-    record; `what` names the run in a failure message; `service` and `reattach` (how to follow the
+    record and `status_loop` gives the deployment's shared `StatusLoop`, which makes the status
+    calls; `what` names the run in a failure message; `service` and `reattach` (how to follow the
     request again) go into the ContactLost raised once the service has not answered for the contact
     timeout. A transient failure of a poll (errors.transient, or a call that outlasts the contact
     timeout) never ends the job: polling goes on at its pace."""
 
-    def __init__(self, request: Request, *, durations: DurationModel, what: str, service: str,
-                 reattach: str) -> None:
+    def __init__(self, request: Request, *, durations: DurationModel,
+                 status_loop: Callable[[], StatusLoop], what: str, service: str, reattach: str) -> None:
         self.request, self.request_id = request, request.request_id
-        self.what, self.durations = what, durations
+        self.what, self.durations, self.status_loop = what, durations, status_loop
         self.service, self.reattach = service, reattach
         self._poke = asyncio.Event()
         self._outage = False
         self._retry_after = 0.0
 
-    async def _ask(self, call: Callable[[], Awaitable[T]], contact: Contact) -> T | None:
+    async def _ask(self, call: Callable[[float], Awaitable[T]], contact: Contact) -> T | None:
         """One status or result call; None if it failed transiently (ContactLost once the service
-        has been silent for the contact timeout). A call is cut at the contact timeout, so a server
-        that takes connections but never answers cannot hold the job longer."""
+        has been silent for the contact timeout). `call(limit)` is cut after `limit` seconds, the
+        rest of the contact timeout, so a server that takes connections but never answers cannot
+        hold the job longer."""
         self._retry_after = 0.0
         try:
-            reply = await asyncio.wait_for(call(), max(0.5, contact.limit - contact.silent))
+            reply = await call(max(0.5, contact.limit - contact.silent))
         except Exception as exc:
             if not (transient(exc) or isinstance(exc, TimeoutError)):
                 raise
@@ -167,44 +170,60 @@ class PolledRun:
             self._outage = False
         return reply
 
-    async def _sleep(self, pause: float, contact: Contact) -> None:
-        """Wait `pause` (longer if a 429 asked for it, shorter once a cancel was accepted), never past
-        the contact timeout; a cancel wakes it early."""
+    def _pause(self, pause: float, contact: Contact) -> float:
+        """`pause`, shorter once a cancel was accepted, never past the contact timeout."""
         if self._poke.is_set():
-            pause = 0.3
-        pause = min(max(pause, self._retry_after), max(0.05, contact.limit - contact.silent))
+            pause = min(pause, 0.3)
+        return min(pause, max(0.05, contact.limit - contact.silent))
+
+    async def _sleep(self, pause: float, contact: Contact) -> None:
+        """Wait `pause` (longer if a 429 asked for it); a cancel wakes it early."""
+        pause = self._pause(max(pause, self._retry_after), contact)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._poke.wait(), pause)
 
-    async def run(self, job: Job) -> JobResult:
+    async def _poll(self, job: Job, plan: PollPlan, shared: StatusLoop, contact: Contact) -> RequestStatus:
+        """Status calls, made by the shared loop when the plan says, until one says finished."""
         loop = asyncio.get_running_loop()
-        contact = Contact(self.service, self.request_id, self.reattach)
-        model = self.durations
-        plan = PollPlan(model)
-        start = loop.time()
-        t = seen = 0.0  # the last call, the last answer (seconds from submit)
-        queued = False
         position: int | None = -1
+        pause = plan.next_pause(plan.start)
         while True:
-            await self._sleep(plan.next_pause(t, queued), contact)
-            status = await self._ask(self.request.status, contact)
-            t = loop.time() - start
+            pause = self._pause(pause, contact)
+
+            def call(limit: float, pause: float = pause) -> Awaitable[RequestStatus]:
+                return shared.call(self.request_id, self.request.status, pause, max(0.5, limit - pause))
+
+            status = await self._ask(call, contact)
+            t = loop.time()
             if status is None:
+                pause = plan.next_pause(t)
                 continue
             queued = status.status is Status.QUEUED
-            plan.observe(t, queued, seen)
-            seen = t
+            previous = plan.last
+            plan.observe(t, queued, status.queue_position)
             if queued and status.queue_position != position:
                 position = status.queue_position
                 job.emit(Queued(position))
             elif status.status is Status.RUNNING and job.status is Status.QUEUED:
                 job.emit(Started())
             if status.finished:
-                break
+                shared.finished(self.request_id, (previous + t) / 2)
+                return status
+            pause = plan.next_pause(t)
+
+    async def run(self, job: Job) -> JobResult:
+        contact = Contact(self.service, self.request_id, self.reattach)
+        shared = self.status_loop()
+        plan = PollPlan(self.durations, asyncio.get_running_loop().time())
+        shared.plans[self.request_id] = plan
+        try:
+            status = await self._poll(job, plan, shared, contact)
+        finally:
+            shared.plans.pop(self.request_id, None)
         reply = await self._final(contact)
         if reply.status is Status.SUCCEEDED and reply.result is not None:
-            if reply.duration is not None and not plan.queued_seen:
-                model.record(reply.duration)
+            if reply.duration is not None:
+                self.durations.record(reply.duration - plan.queue_wait())
             return reply.result
         if reply.status is Status.FAILED:
             raise JobFailed(f"{self.what} failed: {reply.error}", job_id=self.request_id)
@@ -218,7 +237,7 @@ class PolledRun:
         (20 answers, 0.25 s apart); failed calls are tried again within the contact timeout."""
         answers, pause = 0, 0.25
         while True:
-            reply = await self._ask(self.request.result, contact)
+            reply = await self._ask(lambda limit: asyncio.wait_for(self.request.result(), limit), contact)
             if reply is None:
                 await self._sleep(pause, contact)
                 pause = min(2 * pause, 4.0)
@@ -232,6 +251,7 @@ class PolledRun:
         accepted = await self.request.cancel()
         if accepted:
             self._poke.set()
+            self.status_loop().hurry(self.request_id, 0.3)
         return accepted
 
 
@@ -245,11 +265,19 @@ class PolledRequests:
     def __init__(self) -> None:
         self.followed: weakref.WeakSet[Job] = weakref.WeakSet()
         self._durations: dict[str, DurationModel] = {}
+        self._loops: dict[str, StatusLoop] = {}
 
     def durations(self, target: str) -> DurationModel:
         """The recent run times of one deployment or model (`target`: its id), which its polls are
         planned with."""
         return self._durations.setdefault(target, DurationModel())
+
+    def status_loop(self, target: str) -> StatusLoop:
+        """The shared status loop of one deployment or model on the running event loop."""
+        found = self._loops.get(target)
+        if found is None or found.loop is not asyncio.get_running_loop():
+            found = self._loops[target] = StatusLoop()
+        return found
 
     def _request_id(self, reply: Any) -> str:
         """The request id a submit reply carries; UnexpectedReply if it has none."""
@@ -260,7 +288,8 @@ class PolledRequests:
 
     def _follow(self, request: Request, *, target: str, what: str, reattach: str, label: str) -> Job:
         """A running Job that polls `request` of the deployment or model `target`."""
-        backend = PolledRun(request, durations=self.durations(target), what=what,
+        backend = PolledRun(request, durations=self.durations(target),
+                            status_loop=lambda: self.status_loop(target), what=what,
                             service=self.service, reattach=reattach)
         job = Job(backend, kind=self.kind, id=request.request_id, label=label)
         self.followed.add(job)

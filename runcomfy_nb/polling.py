@@ -1,12 +1,14 @@
 """Adaptive polling for APIs without push events (serverless deployments, the Model API).
 
-Each deployment (or model) keeps a `DurationModel` of how long its recent jobs took, read from
-the server's own `created_at`/`finished_at`. A job that has not been seen waiting in a queue
-is first polled when the fastest recent job would have been done for `gap` seconds, then every
-`gap` seconds until the slowest recent one would have been, then with growing pauses. With no
-history, polls start fast and back off. While a job waits in a queue, pauses grow too. So the
-result arrives within about `gap` seconds of completion at a fraction of fixed-interval calls.
-The backend that follows a request with this plan is `polled.PolledRun`.
+Each deployment (or model) keeps a `DurationModel` of how long its recent runs took, learnt from
+every job: the server's `created_at`→`finished_at` less the time the job was seen waiting in the
+queue. A running job is first polled when the fastest recent run would have been done for `gap`
+seconds, then every `gap` seconds until the slowest would have been, then with growing pauses.
+With no history, polls start fast and back off. A queued job is polled with growing pauses too,
+but when another job of its deployment finishes (`other_finished`, told by the shared status loop)
+and the queue position says it was next, it is planned as started at that moment. So the result
+arrives within about `gap` seconds of completion, queued or not, at a fraction of fixed-interval
+calls. The backend that follows a request with this plan is `polled.PolledRun`.
 """
 
 from __future__ import annotations
@@ -34,39 +36,63 @@ class DurationModel:
 
 
 class PollPlan:
-    """The pauses between status calls for one job. `t` counts seconds from submit."""
+    """The pauses between status calls for one job; times are seconds on one clock (`start`: the
+    submit)."""
 
-    def __init__(self, model: DurationModel, *, gap: float = 0.5, first: float = 0.5,
-                 growth: float = 1.5, max_pause: float = 10.0) -> None:
+    def __init__(self, model: DurationModel, start: float = 0.0, *, gap: float = 0.5,
+                 first: float = 0.5, growth: float = 1.5, max_pause: float = 10.0,
+                 max_queued_pause: float = 5.0) -> None:
         self.model = model
-        self.gap, self.first, self.growth, self.max_pause = gap, first, growth, max_pause
-        self.origin = 0.0  # when the run started, as far as we know
-        self.queued_seen = False
+        self.gap, self.first, self.growth = gap, first, growth
+        self.max_pause, self.max_queued_pause = max_pause, max_queued_pause
+        self.start = self.origin = self.last = start  # origin: when the run started, as far as known
+        self.queued_seen = self.waiting = self.guessed = False
+        self.position: int | None = None
         self._pause = 0.0
 
-    def _backoff(self) -> float:
-        self._pause = min(self.max_pause, self._pause * self.growth if self._pause else self.first)
+    def _backoff(self, cap: float) -> float:
+        self._pause = min(cap, self._pause * self.growth if self._pause else self.first)
         return self._pause
 
-    def observe(self, t: float, queued: bool, previous_t: float) -> None:
-        """Tell the plan what a status call at `t` showed."""
+    def observe(self, t: float, queued: bool, position: int | None = None) -> None:
+        """Tell the plan what a status call at `t` showed (`position`: the queue position)."""
         if queued:
-            self.queued_seen = True
-        elif self.queued_seen and self.origin == 0.0:
-            self.origin = (t + previous_t) / 2  # started between the last two calls
+            self.queued_seen = self.waiting = True
+            self.guessed = False
+            self.position = position
+        elif self.waiting:
+            self.waiting = False
+            if not (self.guessed and self.last <= self.origin <= t):
+                self.origin = (t + self.last) / 2  # started between the last two calls
             self._pause = 0.0
+        self.last = t
 
-    def next_pause(self, t: float, queued: bool) -> float:
-        """How long to wait after a call at `t` (0 = the submit) before the next one."""
-        if queued:
-            return self._backoff()
+    def other_finished(self, t: float) -> None:
+        """Another job of the deployment finished about `t`: if this one waited next in the queue
+        (position 0, or unknown), plan it as started then."""
+        if not self.waiting or self.guessed:
+            return
+        if self.position:
+            self.position -= 1
+            return
+        self.origin, self.guessed, self._pause = max(t, self.last), True, 0.0
+
+    def queue_wait(self) -> float:
+        """Seconds from the submit to the (estimated) start of the run."""
+        return max(0.0, self.origin - self.start)
+
+    def next_pause(self, t: float, queued: bool | None = None) -> float:
+        """How long to wait after a call at `t` before the next one (`queued`: what that call
+        showed, if not told to `observe`)."""
+        if queued if queued is not None else (self.waiting and not self.guessed):
+            return self._backoff(self.max_queued_pause)
         bounds = self.model.bounds()
         if bounds is None:
-            return self._backoff()
+            return self._backoff(self.max_pause)
         low, high = bounds
         due = self.origin + low + self.gap
         if t < due - 0.05:  # timers may wake a little early: never poll twice in a row for that
             return due - t
         if t <= self.origin + high + self.gap:
             return self.gap
-        return self._backoff()
+        return self._backoff(self.max_pause)
