@@ -325,3 +325,36 @@ def test_prompt_magic_checks(ip: InteractiveShell, capsys: pytest.CaptureFixture
         assert sent() == 1
     finally:
         run_cell(ip, f"%runcomfy stop {machine.id[:8]}", capsys)
+
+
+async def test_serverless_without_object_info_checks_the_saved_workflow(
+        api: rc.AsyncRunComfy, fresh: Emulator, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise TransportError("The storage host did not answer.")
+
+    monkeypatch.setattr(api.deployments, "_read_object_info", unreadable)
+    before = posts(fresh, FLUX)
+    with pytest.raises(ValidationError, match=r"(?s)2 problems.*no input .sede.*input .text.: it takes text"):
+        await api.deployments.submit(FLUX, {"31": {"sede": 1}, "6": {"text": 5}})
+    assert posts(fresh, FLUX) == before
+    with caplog.at_level(logging.INFO, logger="runcomfy_nb"):
+        await api.deployments.submit(FLUX, {"31": {"seed": 7.5}})  # needs the schemas to be refused
+    assert any("the full check was skipped" in r.message for r in caplog.records)
+    assert posts(fresh, FLUX) == before + 1
+
+
+async def test_cloud_object_info_is_cached_per_key(cloud: AsyncComfyCloud, fresh: Emulator) -> None:
+    def reads() -> int:
+        return sum(1 for r in fresh.log if r.method == "GET" and r.path == "/cloud/api/object_info")
+
+    await cloud.object_info(refresh=True)
+    mark = reads()
+    await cloud.check(image_workflow())
+    assert reads() == mark
+    other_key = f"{CLOUD_KEY}-other"
+    fresh.cloud_account(other_key, tier="creator", active=True, credits=1000)
+    async with AsyncComfyCloud(other_key, base_url=fresh.cloud_url) as other:
+        await other.check(image_workflow())
+        await other.check(image_workflow())
+    assert reads() == mark + 1
