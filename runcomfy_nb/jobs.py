@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import JobCancelled, JobError, JobTimeout, transient
 from .events import (
@@ -90,6 +90,9 @@ class Job:
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        # what reruns it (see `provenance.record`): target, kind, id, workflow or overrides, seeds;
+        # the client fills it at submit, saved outputs carry it
+        self.provenance: dict[str, Any] = {}
         self._backend = backend
         self._result: JobResult | None = None
         self._cancelling: asyncio.Task[str] | None = None
