@@ -22,7 +22,7 @@ FRONTEND_ONLY = {REROUTE, PRIMITIVE, "Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 EMPTY = {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}
 EXPORT_API = "In ComfyUI use Workflow → Export (API) and use that workflow_api.json instead."
-_DROP = "drop"  # the link ends at a node the API format leaves out: the input is left out too
+_DROP = "drop"  # the link ends at a muted node: the input is left out too
 
 LINK_FIELDS = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
 Link = tuple[Any, int, Any, int, Any]  # origin id, origin slot, target id, target slot, type
@@ -48,7 +48,7 @@ def to_api(data: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict[str,
         inputs = _widget_inputs(node, schema)
         inputs.update(fed.get(node_id, {}))
         for slot in node.get("inputs") or []:
-            name = _input_name(slot)
+            name = str(slot.get("name"))
             source = graph.source(slot.get("link"), slot.get("type"))
             if source == _DROP:
                 inputs.pop(name, None)
@@ -88,12 +88,13 @@ class _Graph:
             values = primitive.get("widgets_values") or []
             slots = node.get("inputs") or []
             if values and target_slot < len(slots):
-                fed.setdefault(str(target), {})[_input_name(slots[target_slot])] = values[0]
+                fed.setdefault(str(target), {})[_input_name(slots[target_slot])] = _wrapped(values[0])
         return fed
 
     def source(self, link_id: Any, wanted: Any, depth: int = 0) -> list[Any] | str | None:
         """`[node_id, slot]` of the real node behind link `link_id`; `_DROP` if the link ends at a
-        node that is left out, None if it leads nowhere (an unlinked reroute: the widget value stays)."""
+        muted node, None if it leads nowhere (an unlinked reroute or bypassed input, a bypassed node
+        without an input of the type: a widget keeps its value)."""
         link = self.links.get(link_id) if link_id is not None else None
         node = self.nodes.get(str(link[0])) if link else None
         if link is None or node is None or depth > len(self.nodes):
@@ -106,9 +107,7 @@ class _Graph:
             return self.source(upstream, wanted, depth + 1) if upstream is not None else None
         if node.get("mode", 0) == BYPASSED:
             slot = _bypass_slot(node, link[1], wanted)
-            if slot is None:
-                return _DROP
-            return self.source(slot.get("link"), wanted, depth + 1)
+            return self.source(slot.get("link"), slot.get("type"), depth + 1) if slot else None
         return [str(link[0]), int(link[1])]
 
 
@@ -137,11 +136,29 @@ def _refuse_subgraphs(data: Mapping[str, Any], nodes: list[Mapping[str, Any]]) -
 
 
 def _bypass_slot(node: Mapping[str, Any], output_slot: int, wanted: Any) -> Mapping[str, Any] | None:
-    """The input a bypassed node passes to its output `output_slot`: the same slot if its type fits,
-    else its first input of the type `wanted`."""
+    """The input a bypassed node passes to its output `output_slot`: the same slot if its type fits
+    both the output and `wanted` (the linked input's type), else the first input of type `wanted`,
+    else the first that fits both; for `wanted` any type ("*"), the same slot or the first."""
     slots = node.get("inputs") or []
-    order = [output_slot, *range(len(slots))] if output_slot < len(slots) else range(len(slots))
-    return next((slots[i] for i in order if slots[i].get("type") == wanted), None)
+    if not slots:
+        return None
+    if wanted in ("*", ""):
+        return slots[output_slot] if output_slot < len(slots) else slots[0]
+    outputs = node.get("outputs") or []
+    made = outputs[output_slot].get("type") if output_slot < len(outputs) else None
+    fits = [_fits(s.get("type"), made) and _fits(s.get("type"), wanted) for s in slots]
+    if output_slot < len(slots) and fits[output_slot]:
+        return slots[output_slot]
+    exact = next((s for s in slots if s.get("type") == wanted), None)
+    return exact or next((s for s, ok in zip(slots, fits, strict=True) if ok), None)
+
+
+def _fits(a: Any, b: Any) -> bool:
+    """Whether a link may join slot types `a` and `b` (litegraph's rule: empty or "*" fits all,
+    "A,B" lists fit when they share a type, case-insensitive)."""
+    if not a or not b or a == b or "*" in (a, b):
+        return True
+    return bool(set(str(a).lower().split(",")) & set(str(b).lower().split(",")))
 
 
 def _input_name(slot: Mapping[str, Any]) -> str:
@@ -154,10 +171,15 @@ def _widget_inputs(node: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[s
     values = node.get("widgets_values")
     widgets = list(_widgets(schema))
     if isinstance(values, Mapping):
-        return {name: values.get(name, default) for name, default in widgets if name is not None}
+        return {name: _wrapped(values.get(name, default)) for name, default in widgets if name is not None}
     values = values if isinstance(values, list) else []
-    return {name: values[i] if i < len(values) else default
+    return {name: _wrapped(values[i] if i < len(values) else default)
             for i, (name, default) in enumerate(widgets) if name is not None}
+
+
+def _wrapped(value: Any) -> Any:
+    """A list value wrapped as `{"__value__": [...]}`, as the frontend sends it (a bare list is a link)."""
+    return {"__value__": value} if isinstance(value, list) else value
 
 
 def _widgets(schema: Mapping[str, Any]) -> Iterator[tuple[str | None, Any]]:

@@ -114,3 +114,21 @@ def test_not_ui_format(data: Any) -> None:
 def test_garbage_refused(data: Any) -> None:
     with pytest.raises(ValidationError):
         to_api(data, OBJECT_INFO)
+
+
+def test_bypass_picks_by_type_and_keeps_a_widget_value_when_nothing_fits() -> None:
+    ui = _load("bypass.json")
+    scale = next(n for n in ui["nodes"] if n["id"] == 12)
+    scale["inputs"] = [{"name": "mask", "type": "MASK", "link": None},
+                       {"name": "image", "type": "IMAGE,MASK", "link": 12}]
+    assert to_api(ui, OBJECT_INFO)["11"]["inputs"]["pixels"] == ["10", 0]  # a type list fits
+    sampler = next(n for n in ui["nodes"] if n["id"] == 3)
+    sampler["inputs"].append({"name": "seed", "type": "INT", "widget": {"name": "seed"}, "link": 30})
+    ui["links"].append([30, 12, 0, 3, 4, "INT"])
+    assert to_api(ui, OBJECT_INFO)["3"]["inputs"]["seed"] == 1001  # no INT input to pass: the value stays
+
+
+def test_list_widget_value_wrapped() -> None:
+    ui = _load("reroute.json")
+    next(n for n in ui["nodes"] if n["id"] == 9)["widgets_values"] = [["a", "b"]]
+    assert to_api(ui, OBJECT_INFO)["9"]["inputs"]["filename_prefix"] == {"__value__": ["a", "b"]}
