@@ -6,6 +6,7 @@ A JobResult shows as a `Gallery` in IPython through a formatter the display laye
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,14 @@ class JobResult:
     media: list[Media] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    provenance: dict[str, Any] = field(default_factory=dict, repr=False)  # the job's (`Job.provenance`)
+
+    def with_provenance(self, provenance: dict[str, Any]) -> JobResult:
+        """This result with the job's provenance, on itself and on each media item (so a save embeds it)."""
+        if provenance:
+            self.provenance = provenance
+            self.media = [dataclasses.replace(m, provenance=provenance) for m in self.media]
+        return self
 
     @property
     def images(self) -> list[Media]:
@@ -88,7 +97,8 @@ class JobResult:
 
     async def save(self, directory: str | Path | None = None) -> list[Path]:
         """Download every media item into `directory` (default: the `output_dir` setting); returns
-        the paths written. No file is overwritten: a taken name gets a ` (1)` suffix (see `Media.save`)."""
+        the paths written, each carrying the job's provenance. No file is overwritten: a taken name
+        gets a ` (1)` suffix (see `Media.save`)."""
         return [await m.save(directory) for m in self.media]
 
     def __repr__(self) -> str:

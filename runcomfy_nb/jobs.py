@@ -197,6 +197,7 @@ class Job:
         except Exception as exc:
             self.emit(Failed(exc))
         else:
+            result = result.with_provenance(self.provenance)
             for media in result.media:
                 if not any(isinstance(e, Output) and e.media == media for e in self._history):
                     self.emit(Output(media))

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from .config import Config
+from .provenance import embed
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
 ANIMATED_EXT = {".gif", ".webp"}
@@ -138,6 +139,8 @@ class Media:
     subfolder: str = ""
     type: str = "output"
     _fetcher: Fetcher | None = field(default=None, repr=False, compare=False)
+    # what produced it (`Job.provenance`); a save embeds it (see `provenance.embed`)
+    provenance: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_url(cls, url: str, *, key: str = "", node: str | None = None,
@@ -163,10 +166,14 @@ class Media:
     async def save(self, directory: str | Path | None = None, name: str | None = None) -> Path:
         """Download into `directory` (default: `output_dir()`), streamed and written atomically;
         returns the path written. It never overwrites a file: when the name is taken, the file is
-        saved as `name (1).ext`, `name (2).ext`, ... (see `claim`)."""
+        saved as `name (1).ext`, `name (2).ext`, ... (see `claim`). The file carries the job's
+        provenance: in a PNG's text chunks or a WebP's EXIF, else in `<name>.json` beside it."""
         folder = output_dir() if directory is None else Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
-        return await self._require_fetcher().save(self, folder / safe_filename(name or self.filename))
+        path = await self._require_fetcher().save(self, folder / safe_filename(name or self.filename))
+        if self.provenance:
+            embed(path, self.provenance)
+        return path
 
 
 def media_from_outputs(outputs: Any, fetcher: Fetcher | None) -> tuple[list[Media], list[str]]:
