@@ -6,7 +6,6 @@ the deployment reads (list, get) and the instance proxy under `/prod/v2`, the on
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import json
 import logging
@@ -18,6 +17,7 @@ from ..config import Secret
 from ..errors import APIError, BadRequest, NotFound, TransportError, UnexpectedReply, ValidationError
 from ..jobs import Job
 from ..media import Media
+from ..once import SharedReads
 from ..polled import PolledRequests, Request, RequestResult, RequestStatus
 from ..storage import Storage
 from ..transport import Transport
@@ -98,7 +98,7 @@ class Deployments(PolledRequests):
         self._object_info: dict[str, dict[str, Any]] = {}
         self._object_info_of: dict[str, tuple[Any, ...]] = {}  # the deployment version each belongs to
         self._described: dict[str, Deployment] = {}  # the last read with its payload
-        self._reading: dict[str, asyncio.Future[Deployment]] = {}
+        self._reads = SharedReads()
 
     def __repr__(self) -> str:
         return "<Deployments>"
@@ -275,7 +275,9 @@ class Deployments(PolledRequests):
         version = (deployment.workflow_id, deployment.workflow_version, deployment.updated_at)
         if self._object_info_of.get(deployment_id) != version or deployment_id not in self._object_info:
             try:
-                info = await self._read_object_info(deployment_id, instance_id, deployment)
+                info = await self._reads.read(("object_info", deployment_id, version),
+                                              lambda: self._read_object_info(deployment_id, instance_id,
+                                                                             deployment))
             except (APIError, TransportError) as exc:
                 log.info("Could not read the node schemas of deployment %s (%s): the full check was "
                          "skipped; only the saved workflow was checked against.", deployment_id,
@@ -288,12 +290,8 @@ class Deployments(PolledRequests):
         """The deployment with its payload, read once (one read for callers at the same time)."""
         if not refresh and deployment_id in self._described:
             return self._described[deployment_id]
-        reading = self._reading.get(deployment_id)
-        if reading is None:
-            reading = asyncio.ensure_future(self.get(deployment_id, payload=True))
-            self._reading[deployment_id] = reading
-            reading.add_done_callback(lambda _: self._reading.pop(deployment_id, None))
-        return await asyncio.shield(reading)
+        return await self._reads.read(("deployment", deployment_id),
+                                      lambda: self.get(deployment_id, payload=True))
 
     async def workflow(self, deployment_id: str, *, refresh: bool = False) -> Workflow | None:
         """The deployment's saved workflow (None for a LoRA deployment): read once and cached,

@@ -4,6 +4,7 @@ sent, asserted on the server's own log; `validate=False` sends."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -17,6 +18,7 @@ from IPython.core.interactiveshell import InteractiveShell
 import runcomfy_nb as rc
 from runcomfy_nb.clients.cloud import AsyncComfyCloud
 from runcomfy_nb.clients.comfyui import AsyncComfyUI
+from runcomfy_nb.clients.comfyui import client as comfyui_client
 from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.errors import TransportError, ValidationError
 from runcomfy_nb.magics.session import SESSION
@@ -358,3 +360,25 @@ async def test_cloud_object_info_is_cached_per_key(cloud: AsyncComfyCloud, fresh
         await other.check(image_workflow())
         await other.check(image_workflow())
     assert reads() == mark + 1
+
+
+async def test_many_submits_at_once_read_the_node_list_once(double: ComfyDouble, api: rc.AsyncRunComfy,
+                                                            fresh: Emulator) -> None:
+    async with AsyncComfyUI(double.url) as comfy:
+        comfyui_client._OBJECT_INFO.pop(comfy._cache_key(), None)
+        checks = await asyncio.gather(*(comfy.check(DOUBLE_WORKFLOW) for _ in range(20)))
+    assert double.count("GET", "/object_info") == 1 and all(c is checks[0] for c in checks)
+    dep = "dep-validation-many"
+    if dep not in fresh.deployment_ids():
+        fresh.add_deployment({"id": dep, "type": "comfyui", "preset": "image", "run_seconds": 1})
+    before, mark = posts(fresh, dep), len(fresh.log)
+
+    def reads(path: str) -> int:
+        return sum(1 for r in fresh.log[mark:] if r.method == "GET" and r.path == path)
+
+    jobs = await asyncio.gather(*(api.deployments.submit(dep, {"KSampler": {"seed": i}}) for i in range(20)))
+    assert len(jobs) == 20 and posts(fresh, dep) == before + 20
+    assert reads(f"/prod/v2/deployments/{dep}") == 1
+    assert reads(f"/prod/v2/deployments/{dep}/object_info") == 1
+    for job in jobs:
+        await job.cancel()

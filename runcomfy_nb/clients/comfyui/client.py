@@ -30,6 +30,7 @@ from ...errors import (
 )
 from ...jobs import Job, finish_cancels
 from ...media import mime_type
+from ...once import SharedReads
 from ...storage import Storage
 from ...workflow import Workflow, check_workflow
 from .dialect import Dialect
@@ -82,6 +83,7 @@ class ComfyClient:
         self._fetcher = self._link.fetcher
         self._runs = self._link.runs
         self._shared = SharedSocket(self._link) if self._dialect.shared_socket else None
+        self._reads = SharedReads()  # one /object_info read for every check waiting on it
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._dialect.shown_as(self._base.get())}>"
@@ -124,7 +126,8 @@ class ComfyClient:
         complete, known = (False, {}) if refresh else _OBJECT_INFO.get(key, (False, {}))
         if node_class is None:
             if not complete:
-                reply = await self._http.request("GET", "/object_info", timeout=120.0)
+                reply = await self._reads.read("object_info", lambda: self._http.request(
+                    "GET", "/object_info", timeout=120.0))
                 if not isinstance(reply, dict):
                     raise UnexpectedReply(f"The {self.service} sent no node list from /object_info.")
                 known, complete = reply, True
