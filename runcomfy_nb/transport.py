@@ -1,7 +1,9 @@
 """HTTP transport: one `httpx.AsyncClient` per API base URL, with auth, retries (see `http_policy`)
 and error replies mapped to the error tree (see `http_errors`). At most `max_in_flight` calls are
 on the wire at once (the pool and its keep-alive have as many connections): the others wait for a
-slot, and that wait is not part of their timeout; a 429's Retry-After holds every call."""
+slot, and that wait is not part of their timeout. Calls that may not be repeated (submits) take at
+most three quarters of the slots, so status calls of running jobs are never stuck behind a flood of
+submits. A 429's Retry-After holds every call."""
 
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ class Transport:
         self._attempts = attempts
         self._retry_timeout = retry_timeout
         self.max_in_flight = max_in_flight
-        self._slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        self._slots: dict[tuple[asyncio.AbstractEventLoop, bool], asyncio.Semaphore] = {}
         self._held_until = 0.0  # time.monotonic() before which no call is sent (a 429)
         self._client = httpx.AsyncClient(
             base_url=base_url,
@@ -98,7 +100,11 @@ class Transport:
                     wait_initial=0.3, wait_max=10.0,
                 ):
                     with attempt:
-                        response = await self.once(method, path, **kwargs)
+                        if idempotent:
+                            response = await self.once(method, path, **kwargs)
+                        else:
+                            async with self._slot(submits=True):
+                                response = await self.once(method, path, **kwargs)
                         answered(what)
                         return response
         except NEVER_SENT as exc:
@@ -135,12 +141,13 @@ class Transport:
             raise self._errors(response.status_code, body, response.headers, self.service)
         return response
 
-    def _slot(self) -> asyncio.Semaphore:
-        """This event loop's slots for calls on the wire."""
-        loop = asyncio.get_running_loop()
-        slots = self._slots.get(loop)
+    def _slot(self, submits: bool = False) -> asyncio.Semaphore:
+        """This event loop's slots for calls on the wire (`submits`: the share of unrepeatable ones)."""
+        key = (asyncio.get_running_loop(), submits)
+        slots = self._slots.get(key)
         if slots is None:
-            slots = self._slots[loop] = asyncio.Semaphore(self.max_in_flight)
+            size = max(1, self.max_in_flight * 3 // 4) if submits else self.max_in_flight
+            slots = self._slots[key] = asyncio.Semaphore(size)
         return slots
 
     async def aclose(self) -> None:

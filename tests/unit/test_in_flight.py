@@ -8,6 +8,8 @@ import httpx
 
 from runcomfy_nb.transport import Transport
 
+from ..helpers import until
+
 
 async def test_at_most_max_in_flight_calls_are_on_the_wire_and_none_fails_for_waiting() -> None:
     inside = peak = 0
@@ -24,8 +26,7 @@ async def test_at_most_max_in_flight_calls_are_on_the_wire_and_none_fails_for_wa
     http = Transport("https://api.example", service="Test API", max_in_flight=3,
                      http_transport=httpx.MockTransport(handler))
     try:
-        replies = await asyncio.gather(*(http.request("POST", "/v1/thing", json={}, idempotent=False)
-                                         for _ in range(40)))
+        replies = await asyncio.gather(*(http.request("GET", "/v1/thing") for _ in range(40)))
     finally:
         await http.aclose()
     assert replies == [{"ok": True}] * 40 and peak == 3
@@ -54,3 +55,30 @@ async def test_a_429_with_retry_after_holds_every_call() -> None:
     refused_at = sent[0][1]
     assert [path for path, _ in sent] in (["/first", "/other", "/first"], ["/first", "/first", "/other"])
     assert all(at - refused_at >= 0.95 for _, at in sent[1:])  # neither was sent before the Retry-After
+
+
+async def test_submits_leave_slots_for_status_calls() -> None:
+    inside = {"POST": 0, "GET": 0}
+    peak = {"POST": 0, "GET": 0}
+    release = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        inside[request.method] += 1
+        peak[request.method] = max(peak[request.method], inside[request.method])
+        if request.method == "POST":
+            await release.wait()
+        inside[request.method] -= 1
+        return httpx.Response(200, json={"ok": True})
+
+    http = Transport("https://api.example", service="Test API", max_in_flight=8,
+                     http_transport=httpx.MockTransport(handler))
+    try:
+        submits = [asyncio.create_task(http.request("POST", "/v1/x", json={}, idempotent=False))
+                   for _ in range(30)]
+        await until(lambda: inside["POST"] == 6, what="six submits on the wire")
+        assert await http.request("GET", "/v1/status") == {"ok": True}  # not stuck behind 30 submits
+        release.set()
+        await asyncio.gather(*submits)
+    finally:
+        await http.aclose()
+    assert peak["POST"] == 6
