@@ -132,3 +132,13 @@ def test_list_widget_value_wrapped() -> None:
     ui = _load("reroute.json")
     next(n for n in ui["nodes"] if n["id"] == 9)["widgets_values"] = [["a", "b"]]
     assert to_api(ui, OBJECT_INFO)["9"]["inputs"]["filename_prefix"] == {"__value__": ["a", "b"]}
+
+
+def test_tutorial_ui_twin_converts_to_its_api_file() -> None:
+    notebooks = Path(__file__).parents[2] / "notebooks" / "workflows"
+    ui = json.loads((notebooks / "txt2img_ui.json").read_text(encoding="utf-8"))
+    api = json.loads((notebooks / "txt2img_api.json").read_text(encoding="utf-8"))
+    converted = to_api(ui, OBJECT_INFO)
+    assert {k: (n["class_type"], n["inputs"]) for k, n in converted.items()} == {
+        k: (n["class_type"], n["inputs"]) for k, n in api.items()}
+    assert all(converted[k]["_meta"] == n["_meta"] for k, n in api.items() if "_meta" in n)
