@@ -104,14 +104,47 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png_with_text(data: bytes, entries: Mapping[str, str]) -> bytes:
-    """The PNG with tEXt chunks added after its IHDR; every other byte is kept."""
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The chunks of a PNG, each as (type, the whole chunk's bytes)."""
     if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
         raise ValueError("not a PNG file")
-    end_of_ihdr = 8 + 12 + struct.unpack(">I", data[8:12])[0]
+    chunks, at = [], 8
+    while at + 12 <= len(data):
+        size = struct.unpack(">I", data[at:at + 4])[0]
+        chunks.append((data[at + 4:at + 8], data[at:at + 12 + size]))
+        at += 12 + size
+    return chunks
+
+
+def _text_keyword(kind: bytes, chunk: bytes) -> str | None:
+    if kind not in (b"tEXt", b"zTXt", b"iTXt"):
+        return None
+    return chunk[8:].split(b"\0", 1)[0].decode("latin-1")
+
+
+def _png_without(data: bytes, keys: set[str]) -> list[tuple[bytes, bytes]]:
+    return [(k, c) for k, c in _png_chunks(data) if _text_keyword(k, c) not in keys]
+
+
+def png_with_text(data: bytes, entries: Mapping[str, str]) -> bytes:
+    """The PNG with tEXt chunks added after its IHDR (replacing text chunks of the same keys, e.g.
+    the `prompt` ComfyUI wrote); every other byte is kept."""
+    chunks = _png_without(data, set(entries))
     text = b"".join(_chunk(b"tEXt", k.encode("latin-1") + b"\0" + v.encode("latin-1"))
                     for k, v in entries.items())
-    return data[:end_of_ihdr] + text + data[end_of_ihdr:]
+    return PNG_SIGNATURE + chunks[0][1] + text + b"".join(c for _, c in chunks[1:])
+
+
+def without_provenance(data: bytes) -> bytes:
+    """A saved PNG's bytes without the text chunks `embed` added: the bytes as downloaded (when
+    the server's file had none of those keys). Other files are returned as they are."""
+    if not data.startswith(PNG_SIGNATURE):
+        return data
+    ours = next((c for k, c in _png_chunks(data) if _text_keyword(k, c) == "runcomfy"), None)
+    if ours is None:
+        return data
+    keys = set(metadata(json.loads(ours[8:-4].split(b"\0", 1)[1])))
+    return PNG_SIGNATURE + b"".join(c for _, c in _png_without(data, keys))
 
 
 def _exif(entries: Mapping[str, str]) -> bytes:

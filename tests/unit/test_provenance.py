@@ -11,7 +11,14 @@ from PIL import Image
 
 from runcomfy_nb.config import Secret
 from runcomfy_nb.errors import ValidationError
-from runcomfy_nb.provenance import embed, read_metadata, record, sidecar, workflow_from_output
+from runcomfy_nb.provenance import (
+    embed,
+    read_metadata,
+    record,
+    sidecar,
+    without_provenance,
+    workflow_from_output,
+)
 from runcomfy_nb.workflow import Workflow
 
 API = {"3": {"class_type": "KSampler", "inputs": {"seed": 7, "steps": 4, "model": ["4", 0]}},
@@ -54,6 +61,7 @@ def test_png_gets_comfyui_chunks_and_keeps_its_bytes(tmp_path: Path) -> None:
     assert embed(path, _prov()) == path
     data = path.read_bytes()
     assert original[33:] in data  # the image chunks are the original bytes
+    assert without_provenance(data) == original
     assert _pixels(path) == before
     with Image.open(path) as image:  # what ComfyUI's loader reads
         assert json.loads(image.text["prompt"]) == API
@@ -150,3 +158,16 @@ async def test_a_results_save_carries_the_jobs_provenance(tmp_path: Path) -> Non
     assert read_metadata(path)["runcomfy"]["target"] == "comfyui"
     untouched = await plain.save(tmp_path, "y.png")  # no provenance: the bytes as downloaded
     assert untouched.read_bytes() == fetcher.data
+
+
+def test_comfyuis_own_text_chunks_are_replaced_not_doubled(tmp_path: Path) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    meta.add_text("prompt", json.dumps({"old": {}}))
+    meta.add_text("parameters", "kept")
+    path = tmp_path / "c.png"
+    Image.new("RGB", (2, 2)).save(path, pnginfo=meta)
+    embed(path, _prov())
+    assert path.read_bytes().count(b"tEXtprompt") == 1
+    assert read_metadata(path)["prompt"] == API and read_metadata(path)["parameters"] == "kept"
