@@ -321,11 +321,24 @@ class Deployments(PolledRequests):
                      deployment_id)
             return
         if not validate:
-            body["overrides"] = resolve_overrides(saved, overrides or {}) if saved else overrides
+            body["overrides"] = await self._resolved(deployment_id, saved, overrides or {})
             return
         resolved = await self.validate(deployment_id, overrides, workflow=body.get("workflow_api_json"))
         if "overrides" in body:
             body["overrides"] = resolved
+
+    async def _resolved(self, deployment_id: str, saved: Workflow | None,
+                        overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Names resolved against the saved workflow, read again once if one is not found there."""
+        if saved is None:
+            return dict(overrides)
+        try:
+            return resolve_overrides(saved, overrides)
+        except ValidationError:
+            newer = await self.workflow(deployment_id, refresh=True)
+            if newer is None or newer.data == saved.data:
+                raise
+        return resolve_overrides(newer, overrides)
 
     async def _check(self, deployment_id: str, deployment: Deployment, overrides: Mapping[Any, Any] | None,
                      workflow: Workflow | Mapping[str, Any] | None,

@@ -382,3 +382,27 @@ async def test_many_submits_at_once_read_the_node_list_once(double: ComfyDouble,
     assert reads(f"/prod/v2/deployments/{dep}/object_info") == 1
     for job in jobs:
         await job.cancel()
+
+
+async def test_a_deployment_changed_since_its_cached_read_is_read_again(api: rc.AsyncRunComfy,
+                                                                       fresh: Emulator) -> None:
+    dep = "dep-validation-changed"
+    fresh.add_deployment({"id": dep, "type": "comfyui", "preset": "image", "run_seconds": 1})
+    assert (await api.deployments.workflow(dep)) is not None  # cached
+    saved = fresh.saved_workflow(dep)
+    saved["31"]["_meta"] = {"title": "Main Sampler"}
+    fresh.add_deployment({"id": dep, "type": "comfyui", "workflow": saved, "run_seconds": 1,
+                          "workflow_version": "v2", "updated_at": "2026-01-01T00:00:00Z"})
+    job = await api.deployments.submit(dep, {"Main Sampler": {"seed": 3}})  # unknown to the cached copy
+    sent = next(r for r in fresh.requests_for(dep) if r.id == job.id).body["overrides"]
+    assert sent == {"31": {"inputs": {"seed": 3}}}
+    with pytest.raises(ValidationError, match="No node 'Nope'"):  # unchanged since: refused
+        await api.deployments.submit(dep, {"Nope": {"seed": 3}})
+    saved["31"]["_meta"] = {"title": "Sampler Three"}
+    fresh.add_deployment({"id": dep, "type": "comfyui", "workflow": saved, "run_seconds": 1,
+                          "workflow_version": "v3", "updated_at": "2026-02-01T00:00:00Z"})
+    unchecked = await api.deployments.submit(dep, {"Sampler Three": {"seed": 4}}, validate=False)
+    sent = next(r for r in fresh.requests_for(dep) if r.id == unchecked.id).body["overrides"]
+    assert sent == {"31": {"inputs": {"seed": 4}}}
+    for running in (job, unchecked):
+        await running.cancel()
