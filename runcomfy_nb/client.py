@@ -99,12 +99,14 @@ class AsyncRunComfy:
 
     async def sweep(self, deployment_id: str, base_overrides: Mapping[Any, Any] | None = None,
                     axes: Mapping[str, Sequence[Any]] | None = None, *, zip: bool = False,
-                    concurrency: int | None = None, validate: bool = False) -> Sweep:
+                    concurrency: int | None = None, validate: bool = True) -> Sweep:
         """Run the deployment once per combination of `axes` (`{"seed": [1, 2], "KSampler.cfg":
         [4, 7]}`: NODE.input or an input name one node of the saved workflow has), merged over
         `base_overrides`; the cartesian product, or the n-th values together with `zip=True`. At most
         `concurrency` jobs in flight (default: `deployment_concurrency` of its max_instances and
-        queue_size). Returns the running `Sweep`: `await sweep.result()`, `sweep.cancel()`."""
+        queue_size). Each submit is checked first (`validate`, as `deployments.submit`); a refused
+        one fails its cell with nothing sent. Returns the running `Sweep`: `await sweep.result()`,
+        `await sweep.cancel()`."""
         deployment = await self.deployments.get(deployment_id, payload=True)
         workflow = deployment.payload.workflow if deployment.payload is not None else None
         limit = concurrency or deployment_concurrency(deployment.max_instances, deployment.queue_size)

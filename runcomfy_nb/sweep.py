@@ -243,6 +243,9 @@ class Sweep:
         try:
             try:
                 job = await self._submit(cell.overrides)
+            except ValidationError as exc:  # refused by the checks: nothing was sent
+                self._set(cell, "failed", error=f"not sent: {_message(exc)}")
+                return
             except Exception as exc:
                 self._set(cell, "failed", error=f"submit failed, not retried (it may have reached the "
                                                  f"server): {_message(exc)}")

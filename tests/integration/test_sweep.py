@@ -17,7 +17,7 @@ from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.sweep import COMFYUI_CONCURRENCY, cloud_concurrency, workflow_sweep
 from runcomfy_nb.widgets import SweepView
 
-from ..helpers import TOKEN, image_workflow, until
+from ..helpers import TOKEN, image_workflow, posts, until
 
 SEEDS = list(range(1, 7))
 PROMPTS = ["a red fox", "a blue owl"]
@@ -145,3 +145,13 @@ def test_run_sweep_of_a_magic_with_the_blocking_client(fresh: Emulator,
         assert sweep.counts["succeeded"] == 6 and sweep.concurrency == 3
         assert [c.label for c in sweep.cells][:2] == ["seed=1 cfg=4", "seed=1 cfg=7.5"]
     assert "SweepView" in capsys.readouterr().out
+
+
+async def test_a_value_the_checks_refuse_fails_its_cell_with_nothing_sent(client: rc.AsyncRunComfy,
+                                                                          fresh: Emulator) -> None:
+    deployment = sweep_deployment(fresh)
+    sweep = await client.sweep(deployment, None, {"seed": [1, 2.5, 3]}, concurrency=3)
+    cells = await sweep.result()
+    assert [c.state for c in cells] == ["succeeded", "failed", "succeeded"]
+    assert cells[1].error.startswith("not sent: ") and "seed" in cells[1].error
+    assert posts(fresh, deployment) == 2

@@ -72,12 +72,15 @@ class Server:
         self.submitted: list[dict[str, Any]] = []
         self.backends: list[Backend] = []
         self.refuse: set[int] = set()
+        self.invalid: set[int] = set()
         self.loop = None
 
     async def submit(self, overrides: dict[str, Any]) -> Job:
         self.submitted.append(overrides)
         if len(self.submitted) in self.refuse:
             raise ConnectionError("the reply was lost")
+        if len(self.submitted) in self.invalid:
+            raise ValidationError("Node 31 (KSampler): 'seed' must be an INT")
         backend = Backend(self, overrides)
         self.backends.append(backend)
         return Job(backend, kind="test", id=f"job-{len(self.submitted)}")
@@ -152,13 +155,14 @@ async def test_every_combination_once_over_the_base_with_bounded_concurrency() -
 
 async def test_a_failed_job_or_submit_fails_its_cell_only_and_is_never_resent() -> None:
     server = Server(failing=(2,))
-    server.refuse = {3}
-    sweep = start_sweep(server.submit, {"seed": [1, 2, 3, 4]}, workflow=WORKFLOW, concurrency=2)
+    server.refuse, server.invalid = {3}, {4}
+    sweep = start_sweep(server.submit, {"seed": [1, 2, 3, 4, 5]}, workflow=WORKFLOW, concurrency=2)
     cells = await sweep.result()
-    assert [c.state for c in cells] == ["succeeded", "failed", "failed", "succeeded"]
+    assert [c.state for c in cells] == ["succeeded", "failed", "failed", "failed", "succeeded"]
+    assert cells[3].error == "not sent: Node 31 (KSampler): 'seed' must be an INT"
     assert "out of memory" in cells[1].error
     assert "submit failed, not retried" in cells[2].error and "the reply was lost" in cells[2].error
-    assert len(server.submitted) == 4
+    assert len(server.submitted) == 5
 
 
 async def test_cancel_stops_pending_and_cancels_running() -> None:
