@@ -3,29 +3,19 @@ what `workflow_from_output` reads back reruns the job with the same inputs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 import runcomfy_nb as rc
 from runcomfy_nb.clients.cloud import AsyncComfyCloud
-from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.jobs import Job
 from runcomfy_nb.provenance import read_metadata, record, sidecar, workflow_from_output
 
 from ..helpers import image_workflow
+from . import test_local_inputs
 
-CLOUD_KEY = "comfyui-provenance-key-SENTINEL-58"
+cloud = test_local_inputs.cloud  # the Comfy Cloud client fixture
 FLUX = "dep-flux-kontext"
 COMFY_KEY = "comfyui-partner-key-SENTINEL-93"
-
-
-@pytest.fixture
-async def cloud(fresh: Emulator) -> AsyncIterator[AsyncComfyCloud]:
-    fresh.cloud_account(CLOUD_KEY, tier="creator", active=True, credits=1000)
-    async with AsyncComfyCloud(CLOUD_KEY, base_url=fresh.cloud_url) as client:
-        yield client
 
 
 def _filled(job: Job, **submitted: object) -> Job:
