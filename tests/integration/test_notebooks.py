@@ -27,6 +27,7 @@ def test_tutorial_runs_and_leaks_no_secret(path: Path, tmp_path: Path,
     monkeypatch.setenv("COMFY_CLOUD_API_KEY", REAL_TOKEN + "_cloud")
     work = tmp_path / path.name
     shutil.copy(path, work)
+    shutil.copytree(path.parent / "workflows", tmp_path / "workflows")  # the workflow files shipped
     notebook = nbformat.read(work, as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
