@@ -20,6 +20,7 @@ MUTED, BYPASSED = 2, 4
 REROUTE, PRIMITIVE = "Reroute", "PrimitiveNode"
 FRONTEND_ONLY = {REROUTE, PRIMITIVE, "Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+UPLOADS = ("image_upload", "video_upload", "animated_image_upload")
 EMPTY = {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}
 EXPORT_API = "In ComfyUI use Workflow → Export (API) and use that workflow_api.json instead."
 _DROP = "drop"  # the link ends at a muted node: the input is left out too
@@ -184,23 +185,27 @@ def _wrapped(value: Any) -> Any:
 
 def _widgets(schema: Mapping[str, Any]) -> Iterator[tuple[str | None, Any]]:
     """(input name, default) of each widget the frontend gives the class, in order; the name is None
-    for the widgets whose values are not sent (seed control, combo filter list, upload button)."""
+    for the widgets whose values are not sent: the control after a seed (and a combo's filter list)
+    right after its widget, an image loader's upload button after the last required input (the
+    frontend adds it as one more required input)."""
     declared = schema.get("input") or {}
     order = schema.get("input_order") or {}
     for section in ("required", "optional"):
         specs = declared.get(section) or {}
+        upload = False
         for name in order.get(section) or list(specs):
             spec = specs.get(name)
             kind, options = _kind(spec)
             if kind is None or options.get("forceInput"):
                 continue
             yield name, _default(kind, spec, options)
+            upload = upload or any(options.get(key) for key in UPLOADS)
             if options.get("control_after_generate"):
                 yield None, None
                 if kind == "COMBO":
                     yield None, None
-            if options.get("image_upload"):
-                yield None, None
+        if upload and section == "required":
+            yield None, None
 
 
 def _kind(spec: Any) -> tuple[str | None, Mapping[str, Any]]:

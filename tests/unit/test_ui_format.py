@@ -142,3 +142,17 @@ def test_tutorial_ui_twin_converts_to_its_api_file() -> None:
     assert {k: (n["class_type"], n["inputs"]) for k, n in converted.items()} == {
         k: (n["class_type"], n["inputs"]) for k, n in api.items()}
     assert all(converted[k]["_meta"] == n["_meta"] for k, n in api.items() if "_meta" in n)
+
+
+def test_upload_widget_comes_after_the_last_required_input() -> None:
+    info = {**OBJECT_INFO, "LoadImageMask": {  # as ComfyUI's nodes.py declares it
+        "input": {"required": {"image": [["example.png"], {"image_upload": True}],
+                               "channel": [["alpha", "red", "green", "blue"]]}},
+        "input_order": {"required": ["image", "channel"]}, "output": ["MASK"], "name": "LoadImageMask",
+        "display_name": "Load Image (as Mask)"}}
+    ui = {"nodes": [{"id": 1, "type": "LoadImageMask", "mode": 0, "inputs": [],
+                     "outputs": [{"name": "MASK", "type": "MASK", "links": []}],
+                     "widgets_values": ["example.png", "red", "image"]}], "links": []}
+    assert to_api(ui, info) == {"1": {"inputs": {"image": "example.png", "channel": "red"},
+                                      "class_type": "LoadImageMask",
+                                      "_meta": {"title": "Load Image (as Mask)"}}}
