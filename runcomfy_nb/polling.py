@@ -41,7 +41,7 @@ class PollPlan:
 
     def __init__(self, model: DurationModel, start: float = 0.0, *, gap: float = 0.5,
                  first: float = 0.5, growth: float = 1.5, max_pause: float = 10.0,
-                 max_queued_pause: float = 5.0) -> None:
+                 max_queued_pause: float = 10.0) -> None:
         self.model = model
         self.gap, self.first, self.growth = gap, first, growth
         self.max_pause, self.max_queued_pause = max_pause, max_queued_pause
@@ -67,15 +67,16 @@ class PollPlan:
             self._pause = 0.0
         self.last = t
 
-    def other_finished(self, t: float) -> None:
+    def other_finished(self, t: float) -> bool:
         """Another job of the deployment finished about `t`: if this one waited next in the queue
-        (position 0, or unknown), plan it as started then."""
+        (position 0, or unknown), plan it as started then (and say so)."""
         if not self.waiting or self.guessed:
-            return
+            return False
         if self.position:
             self.position -= 1
-            return
+            return False
         self.origin, self.guessed, self._pause = max(t, self.last), True, 0.0
+        return True
 
     def queue_wait(self) -> float:
         """Seconds from the submit to the (estimated) start of the run."""

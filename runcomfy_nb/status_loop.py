@@ -26,6 +26,7 @@ class _Due:
     limit: float
     future: asyncio.Future[Any] = field(repr=False)
     made: bool = False
+    when: float = float("inf")  # the earliest loop time it is planned for
 
 
 class StatusLoop:
@@ -63,13 +64,14 @@ class StatusLoop:
                 due.future.cancel()
 
     def hurry(self, key: str, pause: float) -> None:
-        """Make request `key`'s waiting call within `pause` seconds (a cancel was accepted)."""
+        """Make request `key`'s waiting call within `pause` seconds, if it was planned later."""
         due = self._waiting.get(key)
-        if due is not None and not due.made:
+        if due is not None and not due.made and self.loop.time() + pause < due.when:
             self._push(due, pause)
 
     def _push(self, due: _Due, pause: float) -> None:
-        heapq.heappush(self._heap, (self.loop.time() + pause, next(self._order), due))
+        due.when = self.loop.time() + pause
+        heapq.heappush(self._heap, (due.when, next(self._order), due))
         self._wake.set()
         if not self.running:
             self._task = self.loop.create_task(self._run(), name="runcomfy-status-loop")
@@ -77,8 +79,10 @@ class StatusLoop:
     def finished(self, request_id: str, t: float) -> None:
         """Request `request_id` was seen finished about loop time `t`: tell the others' plans."""
         self.plans.pop(request_id, None)
-        for plan in self.plans.values():
-            plan.other_finished(t)
+        now = self.loop.time()
+        for key, plan in self.plans.items():
+            if plan.other_finished(t):  # planned as started now: its next call may be due sooner
+                self.hurry(key, plan.next_pause(now))
 
     async def _run(self) -> None:
         while self._heap:
