@@ -6,7 +6,6 @@ A JobResult shows as a `Gallery` in IPython through a formatter the display laye
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +83,8 @@ class JobResult:
         """This result with the job's provenance, on itself and on each media item (so a save embeds it)."""
         if provenance:
             self.provenance = provenance
-            self.media = [dataclasses.replace(m, provenance=provenance) for m in self.media]
+            for media in self.media:  # the same objects the job's Output events carried
+                media.provenance.update(provenance)
         return self
 
     @property

@@ -41,6 +41,9 @@ def to_api(data: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict[str,
                for node in graph.runnable() if node["type"] not in object_info]
     if missing:
         raise ValidationError("\n".join([*missing, f"Install the nodes, or: {EXPORT_API}"]))
+    if not any(True for _ in graph.runnable()):
+        raise ValidationError("This UI-format workflow has no node to run: in ComfyUI use Workflow → "
+                              "Export (API) to save the API format of a workflow that does something.")
     fed = graph.primitive_values()
     api: dict[str, Any] = {}
     for node in graph.runnable():

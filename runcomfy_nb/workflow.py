@@ -12,6 +12,8 @@ from typing import Any
 
 from .checks import did_you_mean, link_problems, saved_problems, schema_problems
 from .errors import ValidationError
+from .provenance import workflow_from_output
+from .ui_format import is_ui_format, to_api
 
 UI_FORMAT_HELP = (
     "This is a UI-format workflow (it has 'nodes' and 'links' arrays); the API needs the API "
@@ -67,13 +69,34 @@ class Workflow:
         self.data = check_api_format(copy.deepcopy(dict(data)))
 
     @classmethod
-    def load(cls, path: str | Path) -> Workflow:
+    def load(cls, path: str | Path, *, object_info: Mapping[str, Any] | None = None) -> Workflow:
+        """An API-format workflow file; a UI-format one (ComfyUI's Save) is converted when the
+        server's node schemas (`object_info`) are given (see `from_ui`)."""
         try:
-            return cls(json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ValidationError(f"No workflow file at {path}.") from None
         except json.JSONDecodeError as exc:
             raise ValidationError(f"{path} is not valid JSON: {exc}.") from None
+        return cls.from_ui(data, object_info) if object_info is not None else cls(data)
+
+    @classmethod
+    def from_ui(cls, data: Mapping[str, Any], object_info: Mapping[str, Any]) -> Workflow:
+        """A UI-format export converted with the server's node schemas, as ComfyUI's Export (API)
+        does; an API-format workflow is taken as it is."""
+        return cls(to_api(data, object_info) if is_ui_format(data) else data)
+
+    @classmethod
+    def from_output(cls, path: str | Path) -> Workflow:
+        """The workflow that made a saved output (its embedded metadata or sidecar JSON, as
+        runcomfy_nb saves them; also an image ComfyUI saved): submit it again to rerun it."""
+        found, info = workflow_from_output(path, cls)
+        if isinstance(found, Workflow):
+            return found
+        raise ValidationError(
+            f"{path} records only the inputs of its job on {info.get('target')!r}, not a whole workflow: "
+            "rerun them with `runcomfy_nb.provenance.workflow_from_output(path, Workflow)`, which gives "
+            "those inputs and the target.")
 
     def __repr__(self) -> str:
         return f"<Workflow {len(self.data)} nodes>"

@@ -19,6 +19,8 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from runcomfy_nb.emulator import Emulator
 
 TOKEN = "rc_test_token_SENTINEL_5f2b9c0e7a"
@@ -136,3 +138,10 @@ class Replies:
             return httpx.Response(status, text=body)
         return httpx.Response(status, json=body, headers=headers) if body is not None else (
             httpx.Response(status, headers=headers))
+
+
+def downloaded(path: Path) -> bytes:
+    """A saved output's bytes as they were downloaded: the provenance embedded on save taken out."""
+    from runcomfy_nb.provenance import without_provenance
+
+    return without_provenance(path.read_bytes())

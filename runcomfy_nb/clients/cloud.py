@@ -24,6 +24,7 @@ from typing import Any
 
 from ..config import Config, Secret
 from ..errors import MissingCredentials, ValidationError
+from ..inputs import upload_local_files
 from ..jobs import Job
 from ..workflow import Workflow
 from .cloud_dialect import KEY_HELP, SERVICE, CloudDialect, CloudJob, cloud_error, cloud_failure_message
@@ -119,9 +120,9 @@ class AsyncComfyCloud(ComfyClient):
         `partner_key`: None (default) sends the Comfy API key in `extra_data` when the workflow holds
         a Partner (API) node; True always, False never; a string or Secret sends that key instead.
         A workflow Cloud refuses raises ValidationError with one line per bad node input."""
-        wf = workflow if isinstance(workflow, Workflow) else Workflow(workflow)
         if extra_data is not None and not isinstance(extra_data, Mapping):
             raise ValidationError("extra_data must be an object.")
+        wf = await upload_local_files(await self.api_workflow(workflow), self._stored_name)
         info = await self.check(wf) if validate else (
             await self._node_list(refresh=False) if partner_key is None else None)
         extra = dict(extra_data or {})

@@ -15,22 +15,25 @@ from urllib.parse import quote
 
 from ..config import Secret
 from ..errors import APIError, BadRequest, NotFound, TransportError, UnexpectedReply, ValidationError
+from ..inputs import data_uri_inputs, require_public_urls
 from ..jobs import Job
 from ..media import Media
 from ..once import SharedReads
 from ..polled import PolledRequests, Request, RequestResult, RequestStatus
+from ..provenance import record
 from ..storage import Storage
 from ..transport import Transport
+from ..ui_format import is_ui_format, to_api
 from ..workflow import (
     NODE_ID,
+    UI_FORMAT_HELP,
     Workflow,
-    check_api_format,
     check_overrides,
     check_workflow,
-    normalize_overrides,
     resolve_overrides,
 )
 from .deployment_info import Deployment
+from .serverless_body import applied, build_body
 
 log = logging.getLogger("runcomfy_nb")
 
@@ -43,44 +46,6 @@ _GATES = {
     10003: "was deleted (DeletedDeployment, 10003): `await client.deployments.list()` shows the "
            "deployments that exist",
 }
-
-
-def build_body(
-    overrides: Mapping[Any, Any] | None = None,
-    *,
-    workflow: Workflow | Mapping[str, Any] | None = None,
-    inputs: Mapping[str, Any] | None = None,
-    extra_data: Mapping[str, Any] | None = None,
-    comfy_api_key: str | Secret | None = None,
-) -> dict[str, Any]:
-    """The submit body, checked before anything is sent (see api/serverless.md)."""
-    if inputs is not None:
-        if overrides is not None or workflow is not None:
-            raise ValidationError(
-                "LoRA inputs are the whole body: pass inputs=... alone, without overrides or "
-                "a workflow."
-            )
-        if not isinstance(inputs, Mapping):
-            raise ValidationError("inputs must be an object of the deployment's input fields.")
-        return dict(inputs)
-    body: dict[str, Any] = {}
-    if workflow is not None:
-        if overrides:
-            raise ValidationError(
-                "Send either overrides or a whole workflow, not both (the API ignores overrides "
-                "with workflow_api_json): apply them with Workflow(...).override(...) first."
-            )
-        data = workflow.to_api() if isinstance(workflow, Workflow) else workflow
-        body["workflow_api_json"] = check_api_format(data, "workflow_api_json")
-    else:
-        body["overrides"] = normalize_overrides(overrides or {})
-    extra = dict(extra_data or {})
-    if comfy_api_key is not None:
-        key = comfy_api_key.get() if isinstance(comfy_api_key, Secret) else comfy_api_key
-        extra["api_key_comfy_org"] = key
-    if extra:
-        body["extra_data"] = extra
-    return body
 
 
 class Deployments(PolledRequests):
@@ -140,13 +105,52 @@ class Deployments(PolledRequests):
         resent after it may have reached the server."""
         if not isinstance(deployment_id, str) or not deployment_id.strip():
             raise ValidationError("deployment_id must be the deployment's id (a string).")
+        if inputs is not None:
+            require_public_urls(inputs, f"LoRA deployment {deployment_id}")
+        else:
+            overrides = data_uri_inputs(overrides) if isinstance(overrides, Mapping) else overrides
+            workflow = await self._api_workflow(deployment_id, workflow)
         body = build_body(overrides, workflow=workflow, inputs=inputs, extra_data=extra_data,
                           comfy_api_key=comfy_api_key)
         if inputs is None:
             await self._prepare(deployment_id, body, validate)
+        ran = None if inputs is not None else await self._ran(deployment_id, body)
         reply = await self._call(deployment_id, "POST", self._path(deployment_id, action="inference"),
                                  json=body, idempotent=False)
-        return self.attach(deployment_id, self._request_id(reply), label=label)
+        job = self.attach(deployment_id, self._request_id(reply), label=label)
+        job.provenance = record(target=deployment_id, kind=self.kind, job_id=job.id, workflow=ran,
+                                overrides=body.get("overrides"), inputs=body if inputs is not None else None,
+                                extra_data=extra_data)
+        return job
+
+    async def _api_workflow(self, deployment_id: str, workflow: Workflow | Mapping[str, Any] | None
+                            ) -> Workflow | Mapping[str, Any] | None:
+        """`workflow=` as the API format, local files as data URIs; a UI-format export is converted
+        with the deployment's node schemas (see ui_format)."""
+        if workflow is None:
+            return None
+        data = workflow.to_api() if isinstance(workflow, Workflow) else workflow
+        if is_ui_format(data):
+            try:
+                info = await self.object_info(deployment_id)
+            except (APIError, TransportError):
+                raise ValidationError(f"{UI_FORMAT_HELP} (The node schemas of deployment {deployment_id}, "
+                                      "needed to convert it here, could not be read.)") from None
+            data = to_api(data, info)
+        return data_uri_inputs(data) if isinstance(data, Mapping) else data
+
+    async def _ran(self, deployment_id: str, body: Mapping[str, Any]) -> Any:
+        """The whole workflow a submit ran, for its outputs' provenance: `workflow_api_json`, or
+        the saved workflow with the overrides applied (None when the saved one is not at hand)."""
+        if "workflow_api_json" in body:
+            return body["workflow_api_json"]
+        try:
+            saved = await self.workflow(deployment_id)
+        except (APIError, TransportError):
+            return None
+        if saved is None:
+            return None
+        return applied(saved.to_api(), body.get("overrides") or {})
 
     def attach(self, deployment_id: str, request_id: str, *, label: str | None = None) -> Job:
         """Follow an existing request as a Job (call inside the event loop)."""

@@ -41,7 +41,7 @@ from runcomfy_nb.jobs import Job
 from runcomfy_nb.media import Media
 from runcomfy_nb.status import Status
 
-from ..helpers import TOKEN, partner_workflow, until, wait_for
+from ..helpers import TOKEN, downloaded, partner_workflow, until, wait_for
 from ..helpers import image_workflow as workflow
 
 KEY = "comfyui-client-key-SENTINEL-4e8a21"
@@ -359,7 +359,7 @@ async def test_outputs_download_via_the_signed_redirect_without_the_key(
     data = await media.read()
     assert Image.open(io.BytesIO(data)).format == "PNG"
     path = await media.save(tmp_path)
-    assert path == tmp_path / media.filename and path.read_bytes() == data
+    assert path == tmp_path / media.filename and downloaded(path) == data
     assert [r.status for r in requests(emu, mark, "GET", "/cloud/api/view")] == [302, 302]
     storage = [r for r in emu.log[mark:] if r.path.startswith("/cloud-storage/")]
     assert [r.status for r in storage] == [200, 200] and not any(r.has_authorization for r in storage)

@@ -22,7 +22,7 @@ from runcomfy_nb.media import Media
 from runcomfy_nb.status import Status
 
 from ..doubles.comfyui_double import ComfyDouble
-from ..helpers import until
+from ..helpers import downloaded, until
 
 SECRET = "secret-abc123"
 WORKFLOW: dict[str, Any] = {
@@ -143,7 +143,7 @@ async def test_outputs_download_via_view(comfy: AsyncComfyUI, double: ComfyDoubl
     stored = double.files[("output", "", "nb_00001_.png")]
     assert await media.read() == stored
     path = await media.save(tmp_path)
-    assert path == tmp_path / "nb_00001_.png" and path.read_bytes() == stored
+    assert path == tmp_path / "nb_00001_.png" and downloaded(path) == stored
     assert Image.open(io.BytesIO(stored)).format == "PNG"
     assert double.count("GET", "/view") == 2
     assert not list(tmp_path.glob(".*part"))

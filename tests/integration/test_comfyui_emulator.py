@@ -40,7 +40,7 @@ from runcomfy_nb.jobs import Job
 from runcomfy_nb.media import Media
 from runcomfy_nb.status import Status
 
-from ..helpers import TOKEN, until
+from ..helpers import TOKEN, downloaded, until
 
 SPEED = 50.0  # a sampler step (0.5 virtual s) takes 10 ms
 LONG = 2000  # steps of a prompt that keeps the machine busy until it is cancelled
@@ -235,11 +235,11 @@ async def test_outputs_download_as_png(comfy: AsyncComfyUI, machine: Launched, e
     picture = Image.open(io.BytesIO(data))
     assert picture.format == "PNG" and picture.size == (512, 512)
     path = await first.save(tmp_path)
-    assert path == tmp_path / first.filename and path.read_bytes() == data
+    assert path == tmp_path / first.filename and downloaded(path) == data
     paths = await result.save(tmp_path / "all")
     assert [p.name for p in paths] == expected_files(wf)
-    assert paths[0].read_bytes() == data and paths[1].read_bytes() == await second.read()
-    assert paths[1].read_bytes() != data  # the batch's two images differ
+    assert downloaded(paths[0]) == data and downloaded(paths[1]) == await second.read()
+    assert downloaded(paths[1]) != data  # the batch's two images differ
     assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.rglob(".*part"))
     views = requests(emu, machine, mark, "GET", "/view")
     assert len(views) == 5 and all(r.status == 200 and not r.has_authorization for r in views)

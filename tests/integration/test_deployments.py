@@ -15,7 +15,7 @@ from runcomfy_nb.events import Finished, Output, Started
 from runcomfy_nb.http_policy import retry_hook
 from runcomfy_nb.status import Status
 
-from ..helpers import TOKEN, posts, until, wait_for
+from ..helpers import TOKEN, downloaded, posts, until, wait_for
 
 FLUX, VIDEO, LORA = "dep-flux-kontext", "dep-animate", "dep-lora-portrait"
 LORA_INPUTS = {"prompt": "warm cinematic light", "seed": 42, "width": 512, "height": 512}
@@ -36,8 +36,8 @@ async def test_overrides_run_to_images_text_and_files(client: rc.AsyncRunComfy, 
     again = await (await client.deployments.submit(FLUX, {"31": {"inputs": {"seed": 42}},
                                                           "6": {"inputs": {"text": "a city"}}})).result(30)
     other = await (await client.deployments.submit(FLUX, {"31": {"inputs": {"seed": 43}}})).result(30)
-    assert await again.media[0].read() == paths[0].read_bytes()
-    assert await other.media[0].read() != paths[0].read_bytes()
+    assert await again.media[0].read() == downloaded(paths[0])
+    assert await other.media[0].read() != downloaded(paths[0])
     downloads = [r for r in fresh.log if "/storage/" in r.path]
     assert downloads and not any(r.has_authorization for r in downloads)
     assert fresh.leaks == []

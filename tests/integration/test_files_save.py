@@ -13,6 +13,8 @@ import runcomfy_nb as rc
 from runcomfy_nb.events import JobResult
 from runcomfy_nb.media import Media
 
+from ..helpers import downloaded
+
 FLUX = "dep-flux-kontext"
 SHARED = "ComfyUI_00001_.png"  # ComfyUI names the first image of every run this way
 
@@ -33,7 +35,7 @@ async def test_two_jobs_with_one_output_name_keep_both_files(client: rc.AsyncRun
     paths = [await m.save(tmp_path) for m in outputs]
     assert {p.name for p in tmp_path.iterdir()} == {SHARED, "ComfyUI_00001_ (1).png"}
     for media, path in zip(outputs, paths, strict=True):
-        assert path.read_bytes() == await media.read()
+        assert downloaded(path) == await media.read()
 
 
 async def test_concurrent_saves_of_one_name_pick_distinct_files(client: rc.AsyncRunComfy,

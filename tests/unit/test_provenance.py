@@ -151,11 +151,12 @@ async def test_a_results_save_carries_the_jobs_provenance(tmp_path: Path) -> Non
 
     fetcher = _Fetcher(_image("PNG"))
     result = JobResult("p-1", media=[Media.from_url("https://h/x.png", fetcher=fetcher)])
-    plain = result.media[0]
+    same = result.media[0]
     result.with_provenance(_prov())
-    assert result.media[0] == plain and result.provenance["job_id"] == "p-1"
+    assert result.media[0] is same and result.provenance["job_id"] == "p-1"  # what Output events held
     [path] = await result.save(tmp_path)
     assert read_metadata(path)["runcomfy"]["target"] == "comfyui"
+    plain = Media.from_url("https://h/x.png", fetcher=fetcher)
     untouched = await plain.save(tmp_path, "y.png")  # no provenance: the bytes as downloaded
     assert untouched.read_bytes() == fetcher.data
 

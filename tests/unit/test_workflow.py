@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runcomfy_nb.clients.deployments import build_body
+from runcomfy_nb.clients.serverless_body import build_body
 from runcomfy_nb.config import Secret
 from runcomfy_nb.errors import ValidationError
 from runcomfy_nb.workflow import Workflow, parse_cell, parse_override_lines

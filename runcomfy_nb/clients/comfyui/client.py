@@ -28,11 +28,14 @@ from ...errors import (
     UnexpectedReply,
     ValidationError,
 )
+from ...inputs import upload_local_files
 from ...jobs import Job, finish_cancels
 from ...media import mime_type
 from ...once import SharedReads
+from ...provenance import record
 from ...storage import Storage
-from ...workflow import Workflow, check_workflow
+from ...ui_format import is_ui_format, to_api
+from ...workflow import UI_FORMAT_HELP, Workflow, check_workflow
 from .dialect import Dialect
 from .link import Link
 from .messages import PromptRejected, rejection_message
@@ -161,7 +164,7 @@ class ComfyClient:
         `workflow.check_workflow`): every problem in one ValidationError, before anything is sent.
         A problem found with a cached node list is checked again once against a fresh read (a node,
         model or upload may be there since). Returns the node list used (None: unreadable)."""
-        wf = workflow if isinstance(workflow, Workflow) else Workflow(workflow)
+        wf = await self.api_workflow(workflow)
         cached = _OBJECT_INFO.get(self._cache_key(), (False, {}))[0]
         info = await self._node_list(refresh=False)
         what = f"the workflow for the {self.service}"
@@ -246,9 +249,9 @@ class ComfyClient:
     ) -> Job:
         """Queue `workflow` (checked first unless `validate` is False) and return its Job; its
         socket is open before the POST, so no event of the prompt can be missed."""
-        wf = workflow if isinstance(workflow, Workflow) else Workflow(workflow)
         if extra_data is not None and not isinstance(extra_data, Mapping):
             raise ValidationError("extra_data must be an object.")
+        wf = await upload_local_files(await self.api_workflow(workflow), self._stored_name)
         if validate:
             await self.check(wf)
         run = self._new_run(wf.data, client_id or new_client_id())
@@ -259,7 +262,26 @@ class ComfyClient:
             await run.close()
             raise
         run.prompt_id, run.number = prompt_id, number
-        return self._start(run, label)
+        job = self._start(run, label)
+        kind = self._dialect.kind
+        job.provenance = record(target={"cloud": "comfy cloud"}.get(kind, kind), kind=kind,
+                                job_id=prompt_id, workflow=wf, extra_data=extra_data)
+        return job
+
+    async def api_workflow(self, workflow: Workflow | Mapping[str, Any]) -> Workflow:
+        """`workflow` as an API-format Workflow: a UI-format export (ComfyUI's Save) is converted
+        with the server's node schemas, as ComfyUI's Export (API) does (see ui_format)."""
+        if isinstance(workflow, Workflow) or not is_ui_format(workflow):
+            return workflow if isinstance(workflow, Workflow) else Workflow(workflow)
+        info = await self._node_list(refresh=False)
+        if info is None:
+            raise ValidationError(f"{UI_FORMAT_HELP} (The {self.service}'s node list, needed to convert "
+                                  "it here, could not be read.)")
+        return Workflow(to_api(workflow, info))
+
+    async def _stored_name(self, path: os.PathLike[str]) -> str:
+        """Upload a local input file; what a loader's input takes to find it (its stored name)."""
+        return (await self.upload(path)).ref
 
     async def attach(self, prompt_id: str, *, workflow: Workflow | Mapping[str, Any] | None = None,
                      label: str | None = None) -> Job:
