@@ -18,7 +18,7 @@ from .errors import MissingCredentials
 from .jobs import Job, finish_cancels
 from .ratelimit import RateLimiter
 from .storage import Storage
-from .sweep import Sweep, deployment_concurrency, start_sweep
+from .sweep import Sweep, check_values, deployment_concurrency, start_sweep
 from .transport import Transport
 
 log = logging.getLogger("runcomfy_nb")
@@ -110,6 +110,9 @@ class AsyncRunComfy:
         deployment = await self.deployments.get(deployment_id, payload=True)
         workflow = deployment.payload.workflow if deployment.payload is not None else None
         limit = concurrency or deployment_concurrency(deployment.max_instances, deployment.queue_size)
+        if validate:
+            await check_values(lambda overrides: self.deployments.validate(deployment_id, overrides),
+                               axes or {}, base=base_overrides, workflow=workflow, zip=zip)
 
         def submit(overrides: dict[str, Any]) -> Awaitable[Job]:
             return self.deployments.submit(deployment_id, overrides, validate=validate)

@@ -122,6 +122,23 @@ def merged_overrides(base: Mapping[Any, Any] | None, params: Mapping[str, Any],
     return merged
 
 
+async def check_values(check: Callable[[dict[str, Any]], Awaitable[Any]], axes: Mapping[str, Sequence[Any]],
+                       *, base: Mapping[Any, Any] | None = None, workflow: Workflow | None = None,
+                       zip: bool = False) -> None:
+    """Check a few combinations that hold every value of every axis (`check(overrides)`, a
+    client's own check), so a bad key or value stops the sweep before anything is sent."""
+    rows = combinations(axes, zip=zip)
+    if not zip:
+        first = rows[0]
+        rows = [first, *({**first, key: value} for key, values in axes.items() for value in list(values)[1:])]
+    targets = {key: resolve_axis(key, workflow) for key in axes}
+    for params in rows:
+        try:
+            await check(merged_overrides(base, params, targets, workflow))
+        except ValidationError as exc:
+            raise ValidationError(f"The sweep's {short_label(params)}: {exc}") from None
+
+
 # --- one sweep ------------------------------------------------------------------------------
 
 
@@ -373,5 +390,5 @@ def workflow_sweep(queue: Callable[..., Awaitable[Job]], workflow: Workflow | Ma
     return start_sweep(submit, axes, base=base, workflow=wf, zip=zip, concurrency=concurrency)
 
 
-__all__ = ["COMFYUI_CONCURRENCY", "Cell", "Sweep", "cloud_concurrency", "combinations",
+__all__ = ["COMFYUI_CONCURRENCY", "Cell", "Sweep", "check_values", "cloud_concurrency", "combinations",
            "deployment_concurrency", "resolve_axis", "start_sweep", "workflow_sweep"]

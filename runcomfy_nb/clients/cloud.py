@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..config import Config, Secret
 from ..errors import MissingCredentials, ValidationError
 from ..inputs import upload_local_files
 from ..jobs import Job
+from ..sweep import Sweep, check_values, cloud_concurrency, workflow_sweep
 from ..workflow import Workflow
 from .cloud_dialect import KEY_HELP, SERVICE, CloudDialect, CloudJob, cloud_error, cloud_failure_message
 from .comfyui import ComfyClient
@@ -130,6 +131,22 @@ class AsyncComfyCloud(ComfyClient):
         if key is not None:
             extra["api_key_comfy_org"] = key  # a Secret: revealed in the request body only
         return await self._submit(wf, None, extra or None, label, validate=False)
+
+    async def sweep(self, workflow: Workflow | Mapping[str, Any], axes: Mapping[str, Sequence[Any]], *,
+                    base: Mapping[Any, Any] | None = None, zip: bool = False,
+                    concurrency: int | None = None, validate: bool = True,
+                    partner_key: bool | str | Secret | None = None,
+                    extra_data: Mapping[str, Any] | None = None) -> Sweep:
+        """Submit `workflow` once per combination of `axes` (see `AsyncRunComfy.sweep`), at most
+        `concurrency` jobs at once (default: what the Standard tier runs, plus one waiting);
+        `partner_key` and `extra_data` as in `queue`. Returns the running `Sweep`."""
+        wf = await self.api_workflow(workflow)
+        if validate:
+            await check_values(lambda overrides: self.check(wf.override(overrides)), axes, base=base,
+                               workflow=wf, zip=zip)
+        return workflow_sweep(self.queue, wf, axes, base=base, zip=zip,
+                              concurrency=concurrency or cloud_concurrency(), validate=validate,
+                              options={"partner_key": partner_key, "extra_data": extra_data})
 
     def _partner_key(self, wf: Workflow, choice: bool | str | Secret | None,
                      info: Mapping[str, Any] | None) -> Secret | None:

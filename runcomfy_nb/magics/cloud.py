@@ -11,6 +11,7 @@ from ..workflow import Workflow, parse_cell
 from .prompt import uploaded_namespace
 from .run import deliver, seconds
 from .session import SESSION
+from .sweeps import run_sweep, sweep_arguments, take_sweeps
 
 
 @magic_arguments()
@@ -24,6 +25,7 @@ from .session import SESSION
 @argument("--no-wait", action="store_true", help="return the job at once; it runs on")
 @argument("--no-validate", action="store_true",
           help="send without first checking the workflow against Comfy Cloud's nodes")
+@sweep_arguments
 def _cloud_args(line: str) -> None: ...
 
 
@@ -59,7 +61,12 @@ def cloud_arguments(magics: Any, args: Any, cell: str | None, client: Any) -> di
 
 
 def cloud(magics: Any, line: str, cell: str | None) -> Any:
+    line, sweep = take_sweeps(line)
     args = parse_argstring(_cloud_args, line)
     client = SESSION.cloud
-    job = client.queue(**cloud_arguments(magics, args, cell, client))
-    return deliver(magics, job, args)
+    request = cloud_arguments(magics, args, cell, client)
+    if sweep is not None:
+        workflow = request.pop("workflow")
+        return run_sweep(magics, lambda axes, **how: client.sweep(workflow, axes, **request, **how),
+                         sweep, out=args.out)
+    return deliver(magics, client.queue(**request), args)

@@ -10,6 +10,7 @@ from ..errors import ValidationError
 from ..workflow import Workflow, parse_cell
 from .run import follow, seconds
 from .session import SESSION
+from .sweeps import run_sweep, sweep_arguments, take_sweeps
 
 
 @magic_arguments()
@@ -22,6 +23,7 @@ from .session import SESSION
 @argument("--timeout", type=seconds, help="seconds to wait before cancelling the prompt")
 @argument("--no-validate", action="store_true",
           help="send without first checking the workflow against the server's nodes")
+@sweep_arguments
 def _prompt_args(line: str) -> None: ...
 
 
@@ -61,7 +63,11 @@ def prompt_request(magics: Any, args: Any, cell: str | None, comfy: Any) -> dict
 
 
 def prompt(magics: Any, line: str, cell: str | None) -> Any:
+    line, sweep = take_sweeps(line)
     args = parse_argstring(_prompt_args, line)
     comfy = prompt_target(args)
-    job = comfy.queue(**prompt_request(magics, args, cell, comfy))
-    return follow(magics, job, timeout=args.timeout, out=args.out)
+    request = prompt_request(magics, args, cell, comfy)
+    if sweep is not None:
+        return run_sweep(magics, lambda axes, **how: comfy.sweep(
+            request["workflow"], axes, validate=request["validate"], **how), sweep, out=args.out)
+    return follow(magics, comfy.queue(**request), timeout=args.timeout, out=args.out)

@@ -30,8 +30,9 @@ class Subcommand:
 
 SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in [
     Subcommand("cloud", "cloud", "cloud [--workflow FILE] [--upload PATH] [--partner-key auto|yes|no] "
-               "[--out NAME]", "Run the cell (API workflow, or override lines on --workflow) on Comfy "
-               "Cloud; live nodes and previews.", cell=True),
+               "[--sweep KEY=VALUES] [--out NAME]", "Run the cell (API or UI workflow, or override lines on "
+               "--workflow) on Comfy Cloud, checked first; live nodes and previews; --sweep: a grid.",
+               cell=True),
     Subcommand("config", "core", "config [KEY=VALUE ...]",
                "Show the settings (secrets masked), or set some for this kernel: output_dir, timeout, ..."),
     Subcommand("login", "core", "login [--user-id ID] [--cloud] [--forget]",
@@ -57,12 +58,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in [
     Subcommand("models", "models", "models [SEARCH] [--category C] [--kind K] [--limit N] [--out NAME]",
                "List the Model API's catalog: model ids, categories and prices."),
     Subcommand("prompt", "prompt",
-               "prompt [--machine ID | --url URL] [--workflow FILE] [--upload PATH] [--out NAME]",
-               "Queue the cell (API workflow, or override lines on --workflow) on ComfyUI; live nodes "
-               "and previews.", cell=True),
-    Subcommand("run", "run", "run DEPLOYMENT_ID [--out NAME] [--timeout S] [--no-wait]",
-               "Submit the cell (JSON body or `node.input = value` lines) to a serverless deployment; "
-               "show progress and outputs.", cell=True),
+               "prompt [--machine ID | --url URL] [--workflow FILE] [--upload PATH] [--sweep KEY=VALUES] "
+               "[--out NAME]", "Queue the cell (API or UI workflow, or override lines on --workflow) on "
+               "ComfyUI, checked first; live nodes and previews; --sweep: a grid.", cell=True),
+    Subcommand("run", "run", "run DEPLOYMENT_ID [--sweep KEY=VALUES] [--out NAME] [--timeout S] [--no-wait]",
+               "Submit the cell (JSON body or `Node.input = value` lines, by id or title), checked first, "
+               "to a serverless deployment; show progress and outputs; --sweep: a grid.", cell=True),
 ]}
 
 

@@ -14,6 +14,7 @@ from ..errors import ValidationError
 from ..jobs import CANCEL_WAIT
 from ..workflow import parse_cell
 from .session import SESSION
+from .sweeps import run_sweep, sweep_arguments, take_sweeps
 
 if TYPE_CHECKING:
     from ..facade import Job, JobResult  # the blocking views' types (stub-only classes)
@@ -39,6 +40,7 @@ def seconds(text: str) -> float:
 @argument("--no-wait", action="store_true", help="return the job at once; it runs on")
 @argument("--no-validate", action="store_true",
           help="send without first checking the cell against the deployment's workflow and nodes")
+@sweep_arguments
 def _run_args(line: str) -> None: ...
 
 
@@ -117,6 +119,14 @@ def run_request(magics: Any, args: Any, cell: str | None) -> dict[str, Any]:
 
 
 def run(magics: Any, line: str, cell: str | None) -> Any:
+    line, sweep = take_sweeps(line)
     args = parse_argstring(_run_args, line)
-    job = SESSION.client.deployments.submit(args.deployment, **run_request(magics, args, cell))
-    return deliver(magics, job, args)
+    request = run_request(magics, args, cell)
+    if sweep is None:
+        return deliver(magics, SESSION.client.deployments.submit(args.deployment, **request), args)
+    if "overrides" not in request or request.get("workflow") is not None:
+        raise ValidationError("--sweep varies a ComfyUI deployment's overrides: give override lines "
+                              "(or {\"overrides\": ...}) in the cell, not a whole workflow or LoRA inputs.")
+    overrides, validate = request["overrides"], request["validate"]
+    return run_sweep(magics, lambda axes, **how: SESSION.client.sweep(
+        args.deployment, overrides, axes, validate=validate, **how), sweep, out=args.out)

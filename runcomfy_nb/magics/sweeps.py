@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from IPython.core.magic_arguments import argument
 from IPython.display import display
 
 from .. import sync
@@ -161,6 +162,19 @@ def take_sweeps(line: str) -> tuple[str, SweepOptions | None]:
 
 
 Start = Callable[..., Any]  # (axes, zip=, concurrency=) -> the (blocking) Sweep
+
+
+def sweep_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The sweep options, for a run magic's help (`take_sweeps` takes them out of the line first)."""
+    for add in (argument("--concurrency", metavar="N", help="at most N jobs at once (default: what the "
+                         "target runs: a deployment's instances, one machine's queue, Cloud's tier)"),
+                argument("--zip", action="store_true", help="pair the sweeps' n-th values instead of "
+                         "running every combination"),
+                argument("--sweep", action="append", metavar="KEY=VALUES",
+                         help='run once per value, e.g. --sweep seed=1,2,3 --sweep "Positive Prompt.text"='
+                              '"a","b" (KEY: NODE.input, or an input one node has); one grid of results')):
+        func = add(func)
+    return func
 
 
 def run_sweep(magics: Any, start: Start, options: SweepOptions, *, out: str | None = None) -> Any:

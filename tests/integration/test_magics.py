@@ -112,3 +112,37 @@ def test_ctrl_c_in_a_waiting_cell(ip: InteractiveShell, capsys: pytest.CaptureFi
     assert (remote.status == "cancelled") is auto_cancel
     if not auto_cancel:
         SESSION.client.deployments.cancel("dep-flux-kontext", remote.id)
+
+
+def test_sweep_runs_every_combination_as_one_grid(ip: InteractiveShell,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    before = len(SESSION.emulator.requests_for("dep-flux-kontext"))
+    result, text = run(ip, '%%runcomfy run dep-flux-kontext --sweep seed=1,2 '
+                           '--sweep "CLIP Text Encode (Positive Prompt).text"="a, fox","a city" --out grid\n'
+                           "KSampler.steps = 4\n", capsys)
+    assert result.success and "Traceback" not in text, text
+    grid = ip.user_ns["grid"]
+    assert grid.counts["succeeded"] == 4 and grid.done
+    sent = SESSION.emulator.requests_for("dep-flux-kontext")[before:]
+    assert sorted((r.body["overrides"]["31"]["inputs"]["seed"], r.body["overrides"]["6"]["inputs"]["text"])
+                  for r in sent) == [(1, "a city"), (1, "a, fox"), (2, "a city"), (2, "a, fox")]
+    assert all(r.body["overrides"]["31"]["inputs"]["steps"] == 4 for r in sent)
+
+
+def test_a_bad_sweep_value_sends_nothing(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    before = len(SESSION.emulator.requests_for("dep-flux-kontext"))
+    result, text = run(ip, "%%runcomfy run dep-flux-kontext --sweep KSampler.sede=1,2\n# the sweep alone\n",
+                       capsys)
+    assert not result.success and "sede" in text and "Traceback" not in text
+    assert len(SESSION.emulator.requests_for("dep-flux-kontext")) == before
+
+
+def test_help_shows_the_sweep_options(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    from runcomfy_nb.magics import cloud, prompt
+    from runcomfy_nb.magics import run as run_magic
+
+    _, text = run(ip, "%runcomfy --help", capsys)
+    assert text.count("[--sweep KEY=VALUES]") == 3  # run, prompt and cloud
+    for args in (run_magic._run_args, prompt._prompt_args, cloud._cloud_args):
+        usage = args.parser.format_help()  # type: ignore[attr-defined]  # what `%%runcomfy run?` shows
+        assert "--sweep KEY=VALUES" in usage and "--zip" in usage and "--concurrency N" in usage

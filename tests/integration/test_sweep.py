@@ -150,8 +150,8 @@ def test_run_sweep_of_a_magic_with_the_blocking_client(fresh: Emulator,
 async def test_a_value_the_checks_refuse_fails_its_cell_with_nothing_sent(client: rc.AsyncRunComfy,
                                                                           fresh: Emulator) -> None:
     deployment = sweep_deployment(fresh)
-    sweep = await client.sweep(deployment, None, {"seed": [1, 2.5, 3]}, concurrency=3)
-    cells = await sweep.result()
-    assert [c.state for c in cells] == ["succeeded", "failed", "succeeded"]
-    assert cells[1].error.startswith("not sent: ") and "seed" in cells[1].error
-    assert posts(fresh, deployment) == 2
+    with pytest.raises(rc.ValidationError, match=r"seed=2\.5: .*integer.*Nothing was sent"):
+        await client.sweep(deployment, None, {"seed": [1, 2.5, 3]}, concurrency=3)
+    assert posts(fresh, deployment) == 0  # every value is checked before the first submit
+    sweep = await client.sweep(deployment, None, {"seed": [1, 2.5, 3]}, concurrency=3, validate=False)
+    assert [c.state for c in await sweep.result()] == ["succeeded", "succeeded", "succeeded"]

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, overload
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -34,6 +34,7 @@ from ...media import mime_type
 from ...once import SharedReads
 from ...provenance import record
 from ...storage import Storage
+from ...sweep import COMFYUI_CONCURRENCY, Sweep, check_values, workflow_sweep
 from ...ui_format import is_ui_format, to_api
 from ...workflow import UI_FORMAT_HELP, Workflow, check_workflow
 from .dialect import Dialect
@@ -383,3 +384,16 @@ class AsyncComfyUI(ComfyClient):
         Each job has its own `client_id` unless one is given (the server sends a prompt's
         events only to the socket of its client id, and one socket per id)."""
         return await self._submit(workflow, client_id, extra_data, label, validate=validate)
+
+    async def sweep(self, workflow: Workflow | Mapping[str, Any], axes: Mapping[str, Sequence[Any]], *,
+                    base: Mapping[Any, Any] | None = None, zip: bool = False,
+                    concurrency: int | None = None, validate: bool = True) -> Sweep:
+        """Queue `workflow` once per combination of `axes` (`{"seed": [1, 2], "KSampler.cfg": [4, 7]}`;
+        see `AsyncRunComfy.sweep`), at most `concurrency` prompts (default 2: one running, one
+        waiting) on the server's queue at once. Returns the running `Sweep`."""
+        wf = await self.api_workflow(workflow)
+        if validate:
+            await check_values(lambda overrides: self.check(wf.override(overrides)), axes, base=base,
+                               workflow=wf, zip=zip)
+        return workflow_sweep(self.queue, wf, axes, base=base, zip=zip,
+                              concurrency=concurrency or COMFYUI_CONCURRENCY, validate=validate)
