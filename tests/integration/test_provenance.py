@@ -22,7 +22,7 @@ def _holder(path: Path) -> bytes:
     return (sidecar(path) if sidecar(path).exists() else path).read_bytes()
 
 
-async def test_serverless_outputs_rerun_from_their_overrides(client: rc.AsyncRunComfy,
+async def test_serverless_outputs_rerun_from_the_workflow_they_ran(client: rc.AsyncRunComfy,
                                                              tmp_path: Path) -> None:
     overrides = {"31": {"inputs": {"seed": 4242, "steps": 3}}}
     extra = {"api_key_comfy_org": COMFY_KEY}

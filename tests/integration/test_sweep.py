@@ -147,7 +147,7 @@ def test_run_sweep_of_a_magic_with_the_blocking_client(fresh: Emulator,
     assert "SweepView" in capsys.readouterr().out
 
 
-async def test_a_value_the_checks_refuse_fails_its_cell_with_nothing_sent(client: rc.AsyncRunComfy,
+async def test_a_value_the_checks_refuse_stops_the_sweep_before_any_submit(client: rc.AsyncRunComfy,
                                                                           fresh: Emulator) -> None:
     deployment = sweep_deployment(fresh)
     with pytest.raises(rc.ValidationError, match=r"seed=2\.5: .*integer.*Nothing was sent"):
