@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -348,7 +349,7 @@ class ComfyDouble:
         if not isinstance(body, dict) or "prompt" not in body:
             return _error(400, "no_prompt", "No prompt provided", "No prompt provided", [])
         workflow = body["prompt"]
-        status, reply = validate(workflow)
+        status, reply = validate(workflow, self.schemas())
         if status != 200:
             return web.json_response(reply, status=status)
         self._number += 1
@@ -471,12 +472,20 @@ class ComfyDouble:
                             headers={"Content-Disposition": f'filename="{filename}"'})
 
     # -- info --
+    def schemas(self) -> dict[str, dict[str, Any]]:
+        """The node schemas now: as in ComfyUI, LoadImage's list is the input folder's images."""
+        loader = copy.deepcopy(NODES["LoadImage"])
+        spec = loader["input"]["required"]["image"]
+        uploaded = {name for (kind, sub, name) in self.files if kind == "input" and not sub}
+        spec[0] = sorted({*spec[0], *uploaded})
+        return {**NODES, "LoadImage": loader}
+
     async def _object_info(self, request: web.Request) -> web.Response:
-        return web.json_response(NODES)
+        return web.json_response(self.schemas())
 
     async def _object_info_one(self, request: web.Request) -> web.Response:
-        name = request.match_info["node_class"]
-        return web.json_response({name: NODES[name]} if name in NODES else {})
+        name, nodes = request.match_info["node_class"], self.schemas()
+        return web.json_response({name: nodes[name]} if name in nodes else {})
 
     async def _system_stats(self, request: web.Request) -> web.Response:
         return web.json_response({
@@ -684,7 +693,7 @@ def _is_link(value: Any) -> bool:
             and isinstance(value[1], int))
 
 
-def validate(workflow: Any) -> tuple[int, dict[str, Any]]:
+def validate(workflow: Any, nodes: dict[str, dict[str, Any]] = NODES) -> tuple[int, dict[str, Any]]:
     """(200, {"good_outputs", "node_errors"}) or (400, error body), per the reference."""
     def err(kind: str, message: str, details: str) -> tuple[int, dict[str, Any]]:
         return 400, {"error": {"type": kind, "message": message, "details": details, "extra_info": {}},
@@ -696,17 +705,17 @@ def validate(workflow: Any) -> tuple[int, dict[str, Any]]:
         if not isinstance(node, dict) or "class_type" not in node:
             return err("invalid_prompt", "Cannot execute because a node is missing the class_type property.",
                        f"Node ID '#{node_id}'")
-        if node["class_type"] not in NODES:
+        if node["class_type"] not in nodes:
             return err("invalid_prompt", f"Cannot execute because node {node['class_type']} does not exist.",
                        f"Node ID '#{node_id}'")
-    outputs = [n for n, node in workflow.items() if NODES[node["class_type"]]["output_node"]]
+    outputs = [n for n, node in workflow.items() if nodes[node["class_type"]]["output_node"]]
     if not outputs:
         return err("prompt_no_outputs", "Prompt has no outputs", "")
     node_errors: dict[str, Any] = {}
     good = []
     memo: dict[str, list[dict[str, Any]]] = {}
     for output in outputs:
-        bad = _check(workflow, output, memo, set())
+        bad = _check(workflow, output, memo, set(), nodes)
         if not bad:
             good.append(output)
         for node_id in bad:
@@ -724,13 +733,13 @@ def validate(workflow: Any) -> tuple[int, dict[str, Any]]:
 
 
 def _check(workflow: dict[str, Any], node_id: str, memo: dict[str, list[dict[str, Any]]],
-           visiting: set[str]) -> list[str]:
+           visiting: set[str], nodes: dict[str, dict[str, Any]]) -> list[str]:
     """Ids of the nodes that fail validation among `node_id` and what it depends on."""
     if node_id in memo:
         return [node_id] if memo[node_id] else []
     visiting.add(node_id)
     node = workflow[node_id]
-    schema = NODES[node["class_type"]]
+    schema = nodes[node["class_type"]]
     inputs = node.get("inputs") or {}
     errors: list[dict[str, Any]] = []
     bad_upstream: list[str] = []
@@ -754,14 +763,14 @@ def _check(workflow: dict[str, Any], node_id: str, memo: dict[str, list[dict[str
                 fail("bad_linked_input", "Bad linked input, must be a length-2 list of [string, int]",
                      f"{name}, {value}", name, value)
                 continue
-            produced = NODES[workflow[source]["class_type"]]["output"]
+            produced = nodes[workflow[source]["class_type"]]["output"]
             if value[1] >= len(produced) or (isinstance(kind, str) and produced[value[1]] != kind):
                 got = produced[value[1]] if value[1] < len(produced) else "?"
                 fail("return_type_mismatch", "Return type mismatch between linked nodes",
                      f"{name}, received_type({got}) mismatch input_type({kind})", name, value)
                 continue
             if source not in visiting:
-                bad_upstream += _check(workflow, source, memo, visiting)
+                bad_upstream += _check(workflow, source, memo, visiting, nodes)
             continue
         if isinstance(kind, list):
             if value not in kind:

@@ -17,6 +17,7 @@ from runcomfy_nb.errors import ValidationError
 from runcomfy_nb.inputs import data_uri_inputs, require_public_urls, upload_local_files
 from runcomfy_nb.status import Status
 
+from ..doubles.comfyui_double import ComfyDouble
 from ..helpers import image_workflow, posts
 
 CLOUD_KEY = "comfyui-local-inputs-key-SENTINEL-31"
@@ -43,16 +44,37 @@ def _with_loader(image: object) -> dict:
 
 async def test_cloud_uploads_local_files_then_runs(cloud: AsyncComfyCloud, tmp_path: Path) -> None:
     local = _png(tmp_path / f"in-{tmp_path.name}.png")
-
-    async def upload(path: Path) -> str:
-        return (await cloud.upload(path)).name
-
-    wf = await upload_local_files(rc.Workflow(_with_loader(str(local))), upload)
-    stored = wf.to_api()["10"]["inputs"]["image"]
-    assert stored.endswith(".png") and str(tmp_path) not in stored  # Cloud names files by their hash
-    job = await cloud.queue(wf)
+    job = await cloud.queue(_with_loader(str(local)))  # the client uploads it first
     await job.result(timeout=30)
     assert job.status is Status.SUCCEEDED
+    stored = job.provenance["workflow"]["10"]["inputs"]["image"]
+    assert stored.endswith(".png") and str(tmp_path) not in stored  # Cloud names files by their hash
+
+
+async def test_comfyui_uploads_a_local_file_first(tmp_path: Path) -> None:
+    local = _png(tmp_path / "sketch.png", "blue")
+    async with ComfyDouble() as double, rc.AsyncComfyUI(double.url) as comfy:
+        loaded = {"10": {"class_type": "LoadImage", "inputs": {"image": local}},  # a Path
+                  "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "in"}}}
+        job = await comfy.queue(loaded)
+        await job.result(timeout=30)
+        assert double.count("POST", "/upload/image") == 1 and double.count("POST", "/prompt") == 1
+        sent = job.provenance["workflow"]["10"]["inputs"]["image"]
+        assert sent == "sketch.png" and job.status is Status.SUCCEEDED
+
+
+async def test_upload_local_files_replaces_each_path_by_its_stored_name(tmp_path: Path) -> None:
+    local = _png(tmp_path / "in.png")
+    seen: list[Path] = []
+
+    async def upload(path: Path) -> str:
+        seen.append(path)
+        return "stored (1).png"
+
+    twice = {**_with_loader(str(local)), "12": {"class_type": "LoadImage", "inputs": {"image": local}}}
+    wf = await upload_local_files(rc.Workflow(twice), upload)
+    assert seen == [local]  # one upload for a file used twice
+    assert wf.data["10"]["inputs"]["image"] == wf.data["12"]["inputs"]["image"] == "stored (1).png"
 
 
 async def test_a_file_that_is_not_an_image_sends_nothing(cloud: AsyncComfyCloud, fresh: Emulator,
