@@ -6,7 +6,6 @@ of both clients (the jobs they follow, each deployment's or model's run times)."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -141,7 +140,7 @@ class PolledRun:
         self.request, self.request_id = request, request.request_id
         self.what, self.durations, self.status_loop = what, durations, status_loop
         self.service, self.reattach = service, reattach
-        self._poke = asyncio.Event()
+        self._cancelled = False  # a cancel was accepted: poll soon
         self._outage = False
         self._retry_after = 0.0
 
@@ -172,15 +171,13 @@ class PolledRun:
 
     def _pause(self, pause: float, contact: Contact) -> float:
         """`pause`, shorter once a cancel was accepted, never past the contact timeout."""
-        if self._poke.is_set():
+        if self._cancelled:
             pause = min(pause, 0.3)
         return min(pause, max(0.05, contact.limit - contact.silent))
 
     async def _sleep(self, pause: float, contact: Contact) -> None:
-        """Wait `pause` (longer if a 429 asked for it); a cancel wakes it early."""
-        pause = self._pause(max(pause, self._retry_after), contact)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._poke.wait(), pause)
+        """Wait `pause` (longer if a 429 asked for it)."""
+        await asyncio.sleep(self._pause(max(pause, self._retry_after), contact))
 
     async def _poll(self, job: Job, plan: PollPlan, shared: StatusLoop, contact: Contact) -> RequestStatus:
         """Status calls, made by the shared loop when the plan says, until one says finished."""
@@ -250,7 +247,7 @@ class PolledRun:
     async def cancel(self) -> bool:
         accepted = await self.request.cancel()
         if accepted:
-            self._poke.set()
+            self._cancelled = True
             self.status_loop().hurry(self.request_id, 0.3)
         return accepted
 
