@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 from ..errors import ValidationError
 from ..jobs import Job
 from ..polled import PolledRequests, Request, RequestResult, RequestStatus
+from ..provenance import record
 from ..storage import Storage
 from ..transport import Transport
 
@@ -206,7 +207,9 @@ class Models(PolledRequests):
         path = self._model_path(model_id)
         body = check_inputs(inputs)
         reply = await self._http.request("POST", path, json=body, idempotent=False)
-        return self.attach(self._request_id(reply), model_id=model_id.strip(), label=label)
+        job = self.attach(self._request_id(reply), model_id=model_id.strip(), label=label)
+        job.provenance = record(target=model_id.strip(), kind=self.kind, job_id=job.id, inputs=body)
+        return job
 
     def attach(self, request_id: str, *, model_id: str | None = None, label: str | None = None) -> Job:
         """Follow an existing request as a Job (call inside the event loop). `model_id`, if
