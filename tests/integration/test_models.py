@@ -72,7 +72,8 @@ async def test_one_url_string_becomes_one_image(client: rc.AsyncRunComfy, fresh:
                                                 tmp_path: Path) -> None:
     job = await client.models.submit(EDIT, EDIT_INPUTS)
     assert job.kind == "model" and EDIT in job.label
-    assert job.provenance == {"target": EDIT, "kind": "model", "job_id": job.id, "inputs": EDIT_INPUTS}
+    assert job.provenance == {"target": EDIT, "kind": "model", "job_id": job.id, "inputs": EDIT_INPUTS,
+                              "seeds": {"seed": EDIT_INPUTS["seed"]}}
     result = await job.result(timeout=30)
     assert job.status is Status.SUCCEEDED
     assert isinstance(result.raw["output"], str)
