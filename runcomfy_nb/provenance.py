@@ -39,13 +39,20 @@ def _is_secret_key(key: Any) -> bool:
 
 
 def without_secrets(value: Any) -> Any:
-    """A copy without `Secret`s and without keys that name a credential (`api_key_comfy_org`,
-    `*token*`, `*secret*`, `*password*`...), at any depth."""
+    """`value` without `Secret`s and without keys that name a credential (`api_key_comfy_org`,
+    `*token*`, `*secret*`, `*password*`...), at any depth. What holds none is returned as it is, not
+    copied (a sweep's jobs share their workflow's unchanged nodes); treat the result as read-only."""
     if isinstance(value, Mapping):
-        return {k: without_secrets(v) for k, v in value.items()
+        kept = {k: without_secrets(v) for k, v in value.items()
                 if not _is_secret_key(k) and not isinstance(v, Secret)}
+        same = isinstance(value, dict) and len(kept) == len(value) and all(
+            kept[k] is v for k, v in value.items())
+        return value if same else kept
     if isinstance(value, list | tuple):
-        return [without_secrets(v) for v in value if not isinstance(v, Secret)]
+        items = [without_secrets(v) for v in value if not isinstance(v, Secret)]
+        same = isinstance(value, list) and len(items) == len(value) and all(
+            a is b for a, b in zip(items, value, strict=True))
+        return value if same else items
     return value
 
 

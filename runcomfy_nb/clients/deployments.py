@@ -150,7 +150,7 @@ class Deployments(PolledRequests):
             return None
         if saved is None:
             return None
-        return applied(saved.to_api(), body.get("overrides") or {})
+        return applied(saved.data, body.get("overrides") or {})
 
     def attach(self, deployment_id: str, request_id: str, *, label: str | None = None) -> Job:
         """Follow an existing request as a Job (call inside the event loop)."""

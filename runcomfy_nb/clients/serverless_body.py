@@ -49,10 +49,10 @@ def build_body(
     return body
 
 
-def applied(nodes: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`nodes` (an API workflow, changed in place and returned) with resolved `overrides`
-    (`{node_id: {"inputs": {...}}}`) applied: what the deployment runs."""
-    for node_id, patch in overrides.items():
-        if node_id in nodes:
-            nodes[node_id].setdefault("inputs", {}).update(patch.get("inputs", {}))
-    return nodes
+def applied(nodes: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The API workflow `nodes` with resolved `overrides` (`{node_id: {"inputs": {...}}}`) applied:
+    what the deployment runs. Only the changed nodes are new; the others are `nodes`' own (read-only)."""
+    changed = {node_id: {**nodes[node_id], "inputs": {**nodes[node_id].get("inputs", {}),
+                                                      **patch.get("inputs", {})}}
+               for node_id, patch in overrides.items() if node_id in nodes}
+    return {**nodes, **changed}

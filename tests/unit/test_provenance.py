@@ -172,3 +172,13 @@ def test_comfyuis_own_text_chunks_are_replaced_not_doubled(tmp_path: Path) -> No
     embed(path, _prov())
     assert path.read_bytes().count(b"tEXtprompt") == 1
     assert read_metadata(path)["prompt"] == API and read_metadata(path)["parameters"] == "kept"
+
+
+def test_without_secrets_shares_what_holds_none() -> None:
+    from runcomfy_nb.provenance import without_secrets
+
+    node = {"class_type": "KSampler", "inputs": {"seed": 1, "model": ["4", 0]}}
+    extra = {"api_key_comfy_org": "k", "note": {"token": "t", "kept": 1}}
+    cleaned = without_secrets({"3": node, "extra": extra})
+    assert cleaned["3"] is node  # a sweep's jobs share their unchanged nodes, not one copy each
+    assert cleaned["extra"] == {"note": {"kept": 1}} and extra["note"]["token"] == "t"
