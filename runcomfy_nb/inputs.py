@@ -109,13 +109,14 @@ async def upload_local_files(workflow: Any, upload: Upload) -> Any:
     in a node input (LoadImage.image, a video loader's video, LoadAudio.audio...) uploaded with
     `upload(path) -> stored name` and replaced by that name. All files are checked first, so a bad
     one stops the submit before anything is sent; a file used twice is uploaded once."""
-    api = workflow.to_api() if hasattr(workflow, "to_api") else dict(workflow)
-    nodes = {node_id: node.get("inputs", {}) for node_id, node in api.items()}
+    given = workflow.data if hasattr(workflow, "to_api") else workflow
+    nodes = {node_id: node.get("inputs", {}) for node_id, node in given.items()}
     paths = list(dict.fromkeys(_paths_in(nodes)))
     for path in paths:
         check_file(path)
     if not paths:
-        return workflow
+        return workflow  # nothing to upload: not even a copy (this runs on every submit)
+    api = workflow.to_api() if hasattr(workflow, "to_api") else dict(workflow)
     stored = {path: await upload(path) for path in paths}
     for node_id, inputs in nodes.items():
         api[node_id] = {**api[node_id], "inputs": _replaced(inputs, stored.__getitem__)}
