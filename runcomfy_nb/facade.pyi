@@ -132,6 +132,7 @@ class Job:
     def cancel(self, wait: float = ...) -> bool: """Cancel the remote run and wait up to `wait` s for the server to confirm it; True once it is cancelled. A transient failure (network, 5xx, 429) is tried again within `wait`."""
     @property
     def detached(self) -> bool: """True once this kernel stopped following the job (`detach()`, its client closed) before it ended: the remote run may go on; its status here is the last one seen."""
+    def expedite(self) -> None: """Learn of the end sooner, at the cost of more status calls, where the backend polls (a sweep's last jobs); a no-op for backends with push events."""
     def detach(self) -> None: """Stop following the job here; the remote run goes on."""
     kind: str
     id: str

@@ -24,6 +24,7 @@ from .timefmt import parse_timestamp
 
 T = TypeVar("T")
 log = logging.getLogger("runcomfy_nb")
+EXPEDITED_GAP = 0.1  # seconds between status calls of an expedited run once it may be done
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ class PolledRun:
         self.what, self.durations, self.status_loop = what, durations, status_loop
         self.service, self.reattach = service, reattach
         self._cancelled = False  # a cancel was accepted: poll soon
+        self._plan: PollPlan | None = None
+        self._expedited = False
         self._outage = False
         self._retry_after = 0.0
 
@@ -211,7 +214,9 @@ class PolledRun:
     async def run(self, job: Job) -> JobResult:
         contact = Contact(self.service, self.request_id, self.reattach)
         shared = self.status_loop()
-        plan = PollPlan(self.durations, asyncio.get_running_loop().time())
+        plan = self._plan = PollPlan(self.durations, asyncio.get_running_loop().time())
+        if self._expedited:
+            plan.gap = EXPEDITED_GAP
         shared.plans[self.request_id] = plan
         try:
             status = await self._poll(job, plan, shared, contact)
@@ -243,6 +248,15 @@ class PolledRun:
             if reply.status is None or reply.status.terminal or answers >= 20:
                 return reply
             await asyncio.sleep(0.25)
+
+    def expedite(self) -> None:
+        """Poll at `EXPEDITED_GAP` once the run may be done (a sweep's last jobs, whose results end
+        it); the waiting status call is brought forward to the new plan."""
+        self._expedited = True
+        plan = self._plan
+        if plan is not None and plan.gap > EXPEDITED_GAP:
+            plan.gap = EXPEDITED_GAP
+            self.status_loop().hurry(self.request_id, plan.next_pause(asyncio.get_running_loop().time()))
 
     async def cancel(self) -> bool:
         accepted = await self.request.cancel()

@@ -189,6 +189,7 @@ class Sweep:
         self._listeners: list[SweepListener] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelling = False
+        self._fed = False  # every combination has been submitted (or the sweep was cancelled)
         self._stopping: asyncio.Task[dict[str, int]] | None = None  # the cancel an interruption started
         self._durations: list[float] = []
         self.loop = asyncio.get_running_loop()
@@ -255,6 +256,10 @@ class Sweep:
             task = self.loop.create_task(self._one(cell), name=f"runcomfy-sweep-{cell.index}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        self._fed = True  # nothing is left to submit: the jobs in flight end the sweep, so follow
+        for cell in self.cells:  # them closely
+            if cell.job is not None:
+                cell.job.expedite()
 
     async def _one(self, cell: Cell) -> None:
         try:
@@ -268,6 +273,8 @@ class Sweep:
                                                  f"server): {_message(exc)}")
                 return
             cell.job = job
+            if self._fed:
+                job.expedite()
             unsubscribe = job.subscribe(lambda j, _e: self._follow(cell, j))
             try:
                 if self._cancelling:

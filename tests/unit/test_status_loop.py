@@ -108,3 +108,18 @@ def test_a_queued_plan_starts_when_the_job_before_it_finishes() -> None:
     assert plan.origin == 103.0 and plan.queue_wait() == pytest.approx(3.0)
     plan.observe(105.6, queued=True, position=0)  # the guess was wrong: queued again
     assert not plan.guessed and plan.next_pause(105.6) > 0
+
+
+async def test_an_expedited_job_is_polled_sooner_than_its_plan_said() -> None:
+    server = Server(polls=0)
+    models = Models(server, None)  # type: ignore[arg-type]
+    models.durations("o/m").record(1.0)  # first status call about 1.15 s in, 0.75 s when expedited
+    order: list[str] = []
+    jobs = {rid: models.attach(rid, model_id="o/m") for rid in ("slow", "fast")}
+    for rid, job in jobs.items():
+        job.subscribe(lambda j, _e, rid=rid: order.append(rid) if j.done and rid not in order else None)
+    await asyncio.sleep(0)
+    jobs["fast"].expedite()
+    await asyncio.gather(*(job.result(timeout=30) for job in jobs.values()))
+    assert order == ["fast", "slow"]  # attached last, planned first
+    assert server.calls == {"slow": 1, "fast": 1}

@@ -40,7 +40,7 @@ class Backend:
     def __init__(self, server: Server, overrides: dict[str, Any]) -> None:
         self.server, self.overrides = server, overrides
         self.release = asyncio.Event()
-        self.cancelled = False
+        self.cancelled = self.expedited = False
 
     async def run(self, job: Job) -> JobResult:
         self.server.running += 1
@@ -61,6 +61,9 @@ class Backend:
         self.cancelled = True
         self.release.set()
         return True
+
+    def expedite(self) -> None:
+        self.expedited = True
 
 
 class Server:
@@ -151,6 +154,21 @@ async def test_every_combination_once_over_the_base_with_bounded_concurrency() -
     assert server.submitted[0] == {"31": {"inputs": {"steps": 4, "seed": 1}}, "6": {"inputs": {"text": "a"}}}
     assert [c.coords for c in cells] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
     assert sweep.counts["succeeded"] == 6 and sweep.eta == 0.0
+
+
+async def test_once_all_are_submitted_the_jobs_in_flight_are_expedited() -> None:
+    server = Server(instant=False)
+    sweep = start_sweep(server.submit, {"seed": [1, 2, 3, 4]}, workflow=WORKFLOW, concurrency=2)
+    await until(lambda: len(server.backends) == 2)
+    server.backends[0].release.set()
+    await until(lambda: len(server.backends) == 3)
+    assert not any(b.expedited for b in server.backends)  # one combination still to submit
+    server.backends[1].release.set()
+    await until(lambda: len(server.backends) == 4 and server.backends[3].expedited)
+    assert [b.expedited for b in server.backends] == [False, False, True, True]
+    for backend in server.backends:
+        backend.release.set()
+    assert (await sweep.wait(30))["succeeded"] == 4
 
 
 async def test_a_failed_job_or_submit_fails_its_cell_only_and_is_never_resent() -> None:
