@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .clients.comfyui import AsyncComfyUI
 from .clients.deployments import SERVICE as SERVERLESS
 from .clients.deployments import Deployments
 from .clients.machines import SERVICE as SERVER_API
@@ -14,8 +15,9 @@ from .clients.machines import Machines
 from .clients.models import SERVICE as MODEL_API
 from .clients.models import Models
 from .config import Config
-from .errors import MissingCredentials
+from .errors import MissingCredentials, NotFound, ValidationError
 from .jobs import Job, finish_cancels
+from .journal import Entry, journal
 from .ratelimit import RateLimiter
 from .storage import Storage
 from .sweep import Sweep, check_values, deployment_concurrency, start_sweep
@@ -44,6 +46,7 @@ class AsyncRunComfy:
         self._machines: Machines | None = None
         self._models: Models | None = None
         self._storage: Storage | None = None
+        self._comfy: list[AsyncComfyUI] = []  # the ComfyUI clients of jobs attached on machines
 
     def __repr__(self) -> str:
         return f"<AsyncRunComfy token={'set' if self.config.token else 'missing'}>"
@@ -120,6 +123,44 @@ class AsyncRunComfy:
         return start_sweep(submit, axes or {}, base=base_overrides, workflow=workflow, zip=zip,
                            concurrency=limit)
 
+    async def attach(self, job_id: str) -> Job:
+        """Follow a journaled job again, by its id or the start of one (`%runcomfy jobs` lists
+        them; after a kernel restart too): a serverless, LoRA or Model API request, or a prompt on
+        one of your machines. A job that ended gives its result again while the service keeps it."""
+        entry = journal().find(job_id)
+        if entry.kind == "serverless":
+            self._same_server(entry, self.config.base_url)
+            return self.deployments.attach(entry.target, entry.id, label=entry.label)
+        if entry.kind == "model":
+            self._same_server(entry, self.config.model_api_url)
+            return self.models.attach(entry.id, model_id=entry.target or None, label=entry.label)
+        if entry.kind == "comfyui" and entry.server and "://" not in entry.server:
+            return await self._attach_on_machine(entry)
+        if entry.kind == "comfyui":
+            raise ValidationError(f"Job {entry.id} ran on the ComfyUI server at {entry.server}: attach it "
+                                  f"with `rc.AsyncComfyUI({entry.server!r}).attach({entry.id!r})` (or "
+                                  f"`%runcomfy attach {entry.id[:8]}`).")
+        raise ValidationError(f"Job {entry.id} is a Comfy Cloud job: attach it with `rc.AsyncComfyCloud()"
+                              f".attach({entry.id!r})` (or `%runcomfy attach {entry.id[:8]}`).")
+
+    @staticmethod
+    def _same_server(entry: Entry, base_url: str) -> None:
+        if entry.base_url and entry.base_url.rstrip("/") != base_url.rstrip("/"):
+            raise ValidationError(f"Job {entry.id} was submitted to {entry.base_url}, and this client "
+                                  f"talks to {base_url}: point the config there (e.g. RUNCOMFY_BASE_URL) "
+                                  "to attach it.")
+
+    async def _attach_on_machine(self, entry: Entry) -> Job:
+        server = entry.server or ""
+        info = await self.machines.status(server)
+        if info.state != "ready" or info.url is None:
+            raise NotFound(f"Job {entry.id} ran on machine {server[:8]}, which is "
+                           f"{info.raw_status or info.state} now: its ComfyUI (and the outputs it kept) are "
+                           "gone. Saved copies, if any, are listed by `%runcomfy jobs`.")
+        comfy = AsyncComfyUI(info.url, machine=server)
+        self._comfy.append(comfy)
+        return await comfy.attach(entry.id, label=entry.label)
+
     async def aclose(self) -> None:
         """Close the connections, once the cancels that interrupted waits started have ended. Jobs
         still being followed are detached: they go on on the server, and `attach` follows them again."""
@@ -134,6 +175,9 @@ class AsyncRunComfy:
         for closable in reversed(self._closables):
             await closable.aclose()
         self._closables.clear()
+        for comfy in self._comfy:
+            await comfy.aclose()
+        self._comfy.clear()
         self._deployments = self._storage = self._machines = self._models = None
 
     async def __aenter__(self) -> AsyncRunComfy:

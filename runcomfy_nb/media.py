@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import re
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from .config import Config
+from .journal import journal
 from .provenance import embed
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
@@ -173,6 +176,10 @@ class Media:
         path = await self._require_fetcher().save(self, folder / safe_filename(name or self.filename))
         if self.provenance:
             embed(path, self.provenance)
+            job_id = self.provenance.get("job_id")
+            if job_id:
+                with contextlib.suppress(sqlite3.Error, OSError):  # the file is saved: that counts
+                    journal().saved(str(job_id), self.filename, path)
         return path
 
 

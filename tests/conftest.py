@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -31,6 +32,23 @@ def _ctrl_c_works() -> Iterator[None]:
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _suite_journal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes the user's job journal: the suite's, kernels and scripts it starts included,
+    is a file of its own (each test moves it again, see `journal`)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RUNCOMFY_JOURNAL", str(tmp_path_factory.mktemp("journal") / "jobs.sqlite3"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def journal(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own job journal file (RUNCOMFY_JOURNAL), which its kernels and scripts inherit."""
+    path = tmp_path_factory.mktemp("journal") / "jobs.sqlite3"
+    monkeypatch.setenv("RUNCOMFY_JOURNAL", str(path))
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ from ..config import Secret
 from ..errors import APIError, BadRequest, NotFound, TransportError, UnexpectedReply, ValidationError
 from ..inputs import data_uri_inputs, require_public_urls
 from ..jobs import Job
+from ..journal import journal, submitting
 from ..media import Media
 from ..once import SharedReads
 from ..polled import PolledRequests, Request, RequestResult, RequestStatus
@@ -115,12 +116,16 @@ class Deployments(PolledRequests):
         if inputs is None:
             await self._prepare(deployment_id, body, validate)
         ran = None if inputs is not None else await self._ran(deployment_id, body)
-        reply = await self._call(deployment_id, "POST", self._path(deployment_id, action="inference"),
-                                 json=body, idempotent=False)
-        job = self.attach(deployment_id, self._request_id(reply), label=label)
+        where = {"base_url": self._http.base_url}
+        with submitting(self.kind, deployment_id, label=label, **where) as pending:
+            reply = await self._call(deployment_id, "POST", self._path(deployment_id, action="inference"),
+                                     json=body, idempotent=False)
+            request_id = self._request_id(reply)
+        job = self._attach(deployment_id, request_id, label=label)
         job.provenance = record(target=deployment_id, kind=self.kind, job_id=job.id, workflow=ran,
                                 overrides=body.get("overrides"), inputs=body if inputs is not None else None,
                                 extra_data=extra_data)
+        pending.taken(job, target=deployment_id, **where)
         return job
 
     async def _api_workflow(self, deployment_id: str, workflow: Workflow | Mapping[str, Any] | None
@@ -153,7 +158,12 @@ class Deployments(PolledRequests):
         return applied(saved.data, body.get("overrides") or {})
 
     def attach(self, deployment_id: str, request_id: str, *, label: str | None = None) -> Job:
-        """Follow an existing request as a Job (call inside the event loop)."""
+        """Follow an existing request as a Job (call inside the event loop); it is journaled."""
+        job = self._attach(deployment_id, request_id, label=label)
+        journal().follow(job, target=deployment_id, base_url=self._http.base_url)
+        return job
+
+    def _attach(self, deployment_id: str, request_id: str, *, label: str | None = None) -> Job:
         return self._follow(self._request(deployment_id, request_id), target=deployment_id,
                             what="The deployment run", label=label or f"{deployment_id} · {request_id[:8]}",
                             reattach=f"`client.deployments.attach({deployment_id!r}, {request_id!r})`")

@@ -381,7 +381,7 @@ class Machine:
         """A ComfyUI client on this machine's `main_service_url`."""
         if self.info.url is None:
             raise ValidationError(f"Machine {self.id[:8]} is not ready yet: await machine.wait_ready().")
-        return AsyncComfyUI(self.info.url)
+        return AsyncComfyUI(self.info.url, machine=self.id)
 
     async def extend(self, by: int | float | str) -> MachineInfo:
         self.info = await self._api.extend(self.id, by)

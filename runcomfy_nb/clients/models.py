@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 
 from ..errors import ValidationError
 from ..jobs import Job
+from ..journal import journal, submitting
 from ..polled import PolledRequests, Request, RequestResult, RequestStatus
 from ..provenance import record
 from ..storage import Storage
@@ -206,14 +207,23 @@ class Models(PolledRequests):
         Inputs are checked first; the POST is never resent after it may have reached the server."""
         path = self._model_path(model_id)
         body = check_inputs(inputs)
-        reply = await self._http.request("POST", path, json=body, idempotent=False)
-        job = self.attach(self._request_id(reply), model_id=model_id.strip(), label=label)
-        job.provenance = record(target=model_id.strip(), kind=self.kind, job_id=job.id, inputs=body)
+        model_id, where = model_id.strip(), {"base_url": self._http.base_url}
+        with submitting(self.kind, model_id, label=label, **where) as pending:
+            reply = await self._http.request("POST", path, json=body, idempotent=False)
+            request_id = self._request_id(reply)
+        job = self._attach(request_id, model_id=model_id, label=label)
+        job.provenance = record(target=model_id, kind=self.kind, job_id=job.id, inputs=body)
+        pending.taken(job, target=model_id, **where)
         return job
 
     def attach(self, request_id: str, *, model_id: str | None = None, label: str | None = None) -> Job:
-        """Follow an existing request as a Job (call inside the event loop). `model_id`, if
-        known, lets polling learn from that model's earlier run times."""
+        """Follow an existing request as a Job (call inside the event loop); it is journaled.
+        `model_id`, if known, lets polling learn from that model's earlier run times."""
+        job = self._attach(request_id, model_id=model_id, label=label)
+        journal().follow(job, target=model_id or "", base_url=self._http.base_url)
+        return job
+
+    def _attach(self, request_id: str, *, model_id: str | None = None, label: str | None = None) -> Job:
         if not isinstance(request_id, str) or not request_id.strip():
             raise ValidationError("request_id must be the id a submit returned (a string).")
         known = f", model_id={model_id!r}" if model_id else ""

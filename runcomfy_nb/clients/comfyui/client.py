@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, overload
@@ -30,6 +31,7 @@ from ...errors import (
 )
 from ...inputs import upload_local_files
 from ...jobs import Job, finish_cancels
+from ...journal import journal, server_of, submitting
 from ...media import mime_type
 from ...once import SharedReads
 from ...provenance import record
@@ -78,8 +80,9 @@ class ComfyClient:
     (default: a stock ComfyUI server). Its jobs are followed live over the WebSocket."""
 
     def __init__(self, base_url: str | Secret, *, dialect: Dialect | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, machine: str | None = None) -> None:
         self._dialect = dialect or Dialect()
+        self._machine = machine  # the RunComfy machine's server id, when it runs on one
         self._base = _base_url(base_url)
         self._http = self._dialect.transport(self._base.get(), timeout)
         self._storage = Storage()
@@ -257,17 +260,27 @@ class ComfyClient:
             await self.check(wf)
         run = self._new_run(wf.data, client_id or new_client_id())
         await run.connect()
+        kind, where = self._dialect.kind, self._where()
+        target = {"cloud": "comfy cloud"}.get(kind, kind)
         try:
-            prompt_id, number = await self._post_prompt(wf, run.client_id, extra_data)
+            with submitting(kind, target, client_id=run.client_id, label=label, **where) as pending:
+                prompt_id, number = await self._post_prompt(wf, run.client_id, extra_data)
         except BaseException:
             await run.close()
             raise
         run.prompt_id, run.number = prompt_id, number
         job = self._start(run, label)
-        kind = self._dialect.kind
-        job.provenance = record(target={"cloud": "comfy cloud"}.get(kind, kind), kind=kind,
-                                job_id=prompt_id, workflow=wf, extra_data=extra_data)
+        job.provenance = record(target=target, kind=kind, job_id=prompt_id, workflow=wf,
+                                extra_data=extra_data)
+        pending.taken(job, target=target, **where)
         return job
+
+    def _where(self) -> dict[str, str]:
+        """Where this client's jobs run, for the journal: the machine's server id or the URL of a
+        ComfyUI server that is not a machine (see journal.server_of); Comfy Cloud's API base."""
+        if self._dialect.kind == "cloud":
+            return {"base_url": self._base.get().rstrip("/")}
+        return {"server": self._machine or server_of(self._base.get())}  # never a machine's URL
 
     async def api_workflow(self, workflow: Workflow | Mapping[str, Any]) -> Workflow:
         """`workflow` as an API-format Workflow: a UI-format export (ComfyUI's Save) is converted
@@ -286,7 +299,9 @@ class ComfyClient:
 
     async def attach(self, prompt_id: str, *, workflow: Workflow | Mapping[str, Any] | None = None,
                      label: str | None = None) -> Job:
-        """Follow a prompt queued earlier (by this kernel before a restart, or elsewhere)."""
+        """Follow a prompt queued earlier (by this kernel before a restart, or elsewhere); the
+        start of a journaled job's id is enough."""
+        prompt_id = _journaled(prompt_id, self._dialect.kind)
         status = await self.queue_status()
         item = status.items.get(prompt_id)
         if item is None:
@@ -306,7 +321,12 @@ class ComfyClient:
         run.prompt_id = prompt_id
         if item is not None:
             await run.connect()
-        return self._start(run, label)
+        job = self._start(run, label)
+        kind = self._dialect.kind
+        where = self._where()
+        journal().follow(job, target={"cloud": "comfy cloud"}.get(kind, kind), server=where.get("server"),
+                         base_url=where.get("base_url"))
+        return job
 
     def _new_run(self, nodes: Mapping[str, Any], client_id: str) -> SocketRun:
         feed = self._shared if self._shared is not None else OwnSocket(self._link, client_id)
@@ -362,12 +382,23 @@ class ComfyClient:
         return None
 
 
+def _journaled(prompt_id: str, kind: str) -> str:
+    """The whole id of the journaled `kind` job that `prompt_id` starts, else `prompt_id`."""
+    try:
+        entry = journal().find(prompt_id)
+    except (ValidationError, OSError, sqlite3.Error):
+        return prompt_id
+    return entry.id if entry.kind == kind else prompt_id
+
+
 class AsyncComfyUI(ComfyClient):
     """A ComfyUI server at `base_url` (e.g. a machine's `main_service_url`, or
-    `http://127.0.0.1:8188`). `queue` returns a `Job` followed live over the WebSocket."""
+    `http://127.0.0.1:8188`). `queue` returns a `Job` followed live over the WebSocket. `machine`
+    (a RunComfy machine's server id; `Machine.comfyui()` gives it) is what the job journal keeps
+    in place of the machine's URL."""
 
-    def __init__(self, base_url: str | Secret, *, timeout: float = 30.0) -> None:
-        super().__init__(base_url, timeout=timeout)
+    def __init__(self, base_url: str | Secret, *, timeout: float = 30.0, machine: str | None = None) -> None:
+        super().__init__(base_url, timeout=timeout, machine=machine)
 
     async def __aenter__(self) -> AsyncComfyUI:
         return self
