@@ -128,41 +128,107 @@ def login(magics: Any, line: str, cell: str | None) -> None:
 
 
 @magic_arguments()
-@argument("--speed", type=float, default=1.0,
-          help="virtual seconds per real second (1 = realistic run times)")
-@argument("--stop", action="store_true", help="stop the emulator and restore the settings")
+@argument("--speed", type=float, default=None,
+          help="virtual seconds per real second (default 1: realistic run times)")
+@argument("--keep", action="store_true",
+          help="run it in a process of its own that outlives the kernel; a later kernel's `--keep` finds it")
+@argument("--stop", action="store_true",
+          help="stop the emulator and restore the settings (with --keep: the kept one too, if not used here)")
 def _emulate_args(line: str) -> None: ...
+
+
+def _point_at(emulator: Any) -> None:
+    """Point the config at `emulator` (in-kernel or kept): token and key go to settings, never out."""
+    SESSION.emulator = emulator
+    SESSION.point_at({
+        "token": emulator.token, "base_url": emulator.url, "model_api_url": emulator.url,
+        "comfy_cloud_url": emulator.cloud_url, "comfy_api_key": emulator.comfy_api_key,
+        "user_id": emulator.user_id,
+    })
+
+
+def _stop_kept_elsewhere() -> str | None:
+    """Stop the kept emulator this kernel does not use, if one runs: what was stopped."""
+    from ..emulator import process
+
+    kept = process.find()[0]
+    if kept is None:
+        return None
+    kept.stop()  # returns once its process has ended
+    return f"The kept emulator (pid {kept.pid}) stopped: its process has ended."
+
+
+def _stop(keep: bool) -> None:
+    from ..emulator import process
+
+    current = SESSION.emulator
+    if current is None:
+        kept = process.find()[0]
+        if kept is not None and not keep:
+            print(f"No emulator is used in this kernel; a kept one runs at {kept.url} (pid {kept.pid}): "
+                  "`%runcomfy emulate --keep --stop` stops it.")
+        else:
+            print(_stop_kept_elsewhere() or "The emulator is not running.")
+        return
+    current.stop()  # a kept one's stop() returns once its process has ended
+    SESSION.emulator = None
+    SESSION.give_back()
+    what = (f"Kept emulator stopped (pid {current.pid}: its process has ended)"
+            if isinstance(current, process.KeptEmulator) else "Emulator stopped")
+    print(f"{what}; runcomfy_nb talks to {SESSION.config.base_url} again, with the settings it had before "
+          "(any you changed meanwhile kept).")
+    if keep and not isinstance(current, process.KeptEmulator) and (said := _stop_kept_elsewhere()):
+        print(said)
+
+
+def _keep(speed: float | None) -> str:
+    """Find the kept emulator or start one; point the config at it; what to say about it."""
+    from ..emulator import process
+
+    if SESSION.emulator is not None and not isinstance(SESSION.emulator, process.KeptEmulator):
+        SESSION.emulator.stop()  # this kernel's own thread: the kept one replaces it
+    token = os.environ.get("RUNCOMFY_EMULATOR_TOKEN")
+    kept, started, ended = process.find_or_start(speed or 1.0, token=token)
+    _point_at(kept)
+    if started:
+        how = f"started it in a process of its own (pid {kept.pid}) that outlives this kernel"
+        if ended:
+            how += f"; the kept emulator before it (pid {ended.pid}) had ended, and the jobs it held with it"
+    else:
+        how = f"found it still running from before (pid {kept.pid})"
+        if speed is not None and speed != kept.speed:
+            how += (f"; it runs at speed ×{kept.speed:g}, not the ×{speed:g} asked (`%runcomfy emulate "
+                    "--stop`, then `--keep --speed`, to change it; its jobs end with it)")
+    return (f"EMULATOR ON (kept): runcomfy_nb now talks to a local emulator at {kept.url} (speed "
+            f"×{kept.speed:g}), not the RunComfy cloud, the Model API or Comfy Cloud; {how}. Deployments: "
+            f"{', '.join(kept.deployments)}; models: {kept.models}. `%runcomfy emulate --stop` stops it "
+            "and switches back.")
+
+
+def _in_kernel(speed: float | None) -> str:
+    """Start an emulator in this kernel's thread; point the config at it; what to say about it."""
+    from ..emulator import Emulator, process
+
+    note = ""
+    if isinstance(SESSION.emulator, process.KeptEmulator):
+        note = (f" The kept emulator at {SESSION.emulator.url} keeps running (`%runcomfy emulate --keep "
+                "--stop` stops it).")
+    elif SESSION.emulator is not None:
+        SESSION.emulator.stop()
+    emulator = Emulator(speed=speed or 1.0, token=os.environ.get("RUNCOMFY_EMULATOR_TOKEN"))
+    emulator.start()
+    _point_at(emulator)
+    return (f"EMULATOR ON: runcomfy_nb now talks to a local emulator at {emulator.url} (speed "
+            f"×{emulator.speed:g}), not the RunComfy cloud, the Model API or Comfy Cloud. Deployments: "
+            f"{', '.join(emulator.deployment_ids())}; models: {len(emulator.model_ids())}; Comfy Cloud with "
+            f"its own key. `%runcomfy emulate --stop` to switch back.{note}")
 
 
 def emulate(magics: Any, line: str, cell: str | None) -> None:
     args = parse_argstring(_emulate_args, line)
     if args.stop:
-        if SESSION.emulator is None:
-            print("The emulator is not running.")
-            return
-        SESSION.emulator.stop()
-        SESSION.emulator = None
-        SESSION.give_back()
-        base = SESSION.config.base_url
-        print(f"Emulator stopped; runcomfy_nb talks to {base} again, with the settings it had before "
-              "(any you changed meanwhile kept).")
+        _stop(args.keep)
         return
-    if args.speed <= 0:
+    if args.speed is not None and args.speed <= 0:
         raise ValueError("--speed must be a positive number.")
-    from ..emulator import Emulator
-
-    if SESSION.emulator is not None:
-        SESSION.emulator.stop()
-    emulator = Emulator(speed=args.speed, token=os.environ.get("RUNCOMFY_EMULATOR_TOKEN"))
-    url = emulator.start()
-    SESSION.emulator = emulator
-    SESSION.point_at({
-        "token": emulator.token, "base_url": url, "model_api_url": url,
-        "comfy_cloud_url": emulator.cloud_url, "comfy_api_key": emulator.comfy_api_key,
-        "user_id": emulator.user_id,
-    })
-    ids = ", ".join(emulator.deployment_ids())
-    print(f"EMULATOR ON: runcomfy_nb now talks to a local emulator at {url} (speed ×{args.speed:g}),"
-          f" not the RunComfy cloud, the Model API or Comfy Cloud. Deployments: {ids}; models: "
-          f"{len(emulator.model_ids())}; Comfy Cloud with its own key. "
-          "`%runcomfy emulate --stop` to switch back.")
+    print(_keep(args.speed) if args.keep else _in_kernel(args.speed))
