@@ -49,6 +49,7 @@ class RunComfy:
     @property
     def models(self) -> Models: """Hosted catalog models by model_id (Model API, at `config.model_api_url`)."""
     def sweep(self, deployment_id: str, base_overrides: Mapping[Any, Any] | None = ..., axes: Mapping[str, Sequence[Any]] | None = ..., *, zip: bool = ..., concurrency: int | None = ..., validate: bool = ...) -> Sweep: """Run the deployment once per combination of `axes` (`{"seed": [1, 2], "KSampler.cfg": [4, 7]}`: NODE.input or an input name one node of the saved workflow has), merged over `base_overrides`; the cartesian product, or the n-th values together with `zip=True`. At most `concurrency` jobs in flight (default: `deployment_concurrency` of its max_instances and queue_size). Each submit is checked first (`validate`, as `deployments.submit`); a refused one fails its cell with nothing sent. Returns the running `Sweep`: `await sweep.result()`, `await sweep.cancel()`."""
+    def attach(self, job_id: str) -> Job: """Follow a journaled job again, by its id or the start of one (`%runcomfy jobs` lists them; after a kernel restart too): a serverless, LoRA or Model API request, or a prompt on one of your machines. A job that ended gives its result again while the service keeps it."""
     def aclose(self) -> None: """Close the connections, once the cancels that interrupted waits started have ended. Jobs still being followed are detached: they go on on the server, and `attach` follows them again."""
     config: Config
     def __enter__(self) -> Self: ...
@@ -56,8 +57,8 @@ class RunComfy:
 
 
 class ComfyUI(ComfyClient):
-    """Any ComfyUI server, blocking: `AsyncComfyUI` run on a background loop. A ComfyUI server at `base_url` (e.g. a machine's `main_service_url`, or `http://127.0.0.1:8188`). `queue` returns a `Job` followed live over the WebSocket."""
-    def __init__(self, base_url: str | Secret, *, timeout: float = ...) -> None: ...
+    """Any ComfyUI server, blocking: `AsyncComfyUI` run on a background loop. A ComfyUI server at `base_url` (e.g. a machine's `main_service_url`, or `http://127.0.0.1:8188`). `queue` returns a `Job` followed live over the WebSocket. `machine` (a RunComfy machine's server id; `Machine.comfyui()` gives it) is what the job journal keeps in place of the machine's URL."""
+    def __init__(self, base_url: str | Secret, *, timeout: float = ..., machine: str | None = ...) -> None: ...
     def queue(self, workflow: Workflow | Mapping[str, Any], *, client_id: str | None = ..., extra_data: Mapping[str, Any] | None = ..., label: str | None = ..., validate: bool = ...) -> Job: """Queue an API-format workflow and return its `Job`, followed over the WebSocket."""
     def sweep(self, workflow: Workflow | Mapping[str, Any], axes: Mapping[str, Sequence[Any]], *, base: Mapping[Any, Any] | None = ..., zip: bool = ..., concurrency: int | None = ..., validate: bool = ...) -> Sweep: """Queue `workflow` once per combination of `axes` (`{"seed": [1, 2], "KSampler.cfg": [4, 7]}`; see `AsyncRunComfy.sweep`), at most `concurrency` prompts (default 2: one running, one waiting) on the server's queue at once. Returns the running `Sweep`."""
 
@@ -94,7 +95,7 @@ class ComfyClient:
     def interrupt(self, prompt_id: str | None = ...) -> None: """Stop the running prompt; with `prompt_id`, only if that prompt is the one running."""
     def free(self, *, unload_models: bool = ..., free_memory: bool = ...) -> None: """Ask the server to unload models and free memory (done between prompts)."""
     def api_workflow(self, workflow: Workflow | Mapping[str, Any]) -> Workflow: """`workflow` as an API-format Workflow: a UI-format export (ComfyUI's Save) is converted with the server's node schemas, as ComfyUI's Export (API) does (see ui_format)."""
-    def attach(self, prompt_id: str, *, workflow: Workflow | Mapping[str, Any] | None = ..., label: str | None = ...) -> Job: """Follow a prompt queued earlier (by this kernel before a restart, or elsewhere)."""
+    def attach(self, prompt_id: str, *, workflow: Workflow | Mapping[str, Any] | None = ..., label: str | None = ...) -> Job: """Follow a prompt queued earlier (by this kernel before a restart, or elsewhere); the start of a journaled job's id is enough."""
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc: object) -> None: ...
 
@@ -103,7 +104,7 @@ class ComfyClient:
 class Deployments(PolledRequests):
     """Submit to and follow serverless deployments (`submit` returns a running `Job`); read the account's deployments; call the ComfyUI of a live instance through the proxy."""
     def submit(self, deployment_id: str, overrides: Mapping[Any, Any] | None = ..., *, workflow: Workflow | Mapping[str, Any] | None = ..., inputs: Mapping[str, Any] | None = ..., extra_data: Mapping[str, Any] | None = ..., comfy_api_key: str | Secret | None = ..., label: str | None = ..., validate: bool = ...) -> Job: """Queue one request: `overrides` for the saved workflow, or `workflow=` to replace it, or `inputs=` for a LoRA deployment's own schema (not checked here). Node titles and unique class names in `overrides` are resolved to ids against the saved workflow. First, unless `validate=False`, the overrides (or the workflow) are checked as `validate` does; when the node schemas cannot be read only the saved workflow is checked against. The POST is never resent after it may have reached the server."""
-    def attach(self, deployment_id: str, request_id: str, *, label: str | None = ...) -> Job: """Follow an existing request as a Job (call inside the event loop)."""
+    def attach(self, deployment_id: str, request_id: str, *, label: str | None = ...) -> Job: """Follow an existing request as a Job (call inside the event loop); it is journaled."""
     def status(self, deployment_id: str, request_id: str) -> RequestStatus: """The request's state; `instance_id` (from in_progress on) opens the instance proxy."""
     def result(self, deployment_id: str, request_id: str) -> RequestResult: ...
     def cancel(self, deployment_id: str, request_id: str) -> bool: """Ask to cancel; True if accepted. The request may take a moment to stop."""
@@ -226,7 +227,7 @@ class Media:
 class Models(PolledRequests):
     """Run catalog models by id and browse the catalog. `submit` returns a running `Job`."""
     def submit(self, model_id: str, inputs: Mapping[str, Any], *, label: str | None = ...) -> Job: """Queue one request with the model's own input fields (keys 1:1 as on its API page). Inputs are checked first; the POST is never resent after it may have reached the server."""
-    def attach(self, request_id: str, *, model_id: str | None = ..., label: str | None = ...) -> Job: """Follow an existing request as a Job (call inside the event loop). `model_id`, if known, lets polling learn from that model's earlier run times."""
+    def attach(self, request_id: str, *, model_id: str | None = ..., label: str | None = ...) -> Job: """Follow an existing request as a Job (call inside the event loop); it is journaled. `model_id`, if known, lets polling learn from that model's earlier run times."""
     def status(self, request_id: str) -> RequestStatus: """Where the request stands (`queue_position` while it waits)."""
     def result(self, request_id: str) -> RequestResult: """The outputs (a URL, a list or an object of them: all become Media) or the error."""
     def cancel(self, request_id: str) -> bool: """Ask to cancel; True if accepted (only while queued: a running request is not cancellable, finishes, and is billed)."""

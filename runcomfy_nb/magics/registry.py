@@ -39,8 +39,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in [
                "Type your RunComfy token (or --cloud: Comfy Cloud key) unechoed; kept for this kernel only."),
     Subcommand("emulate", "core", "emulate [--speed X] [--stop]",
                "Start the local emulator of the RunComfy APIs and point runcomfy_nb at it."),
-    Subcommand("jobs", "jobs", "jobs [--kind serverless|comfyui|model|cloud] [--active] [--out NAME]",
-               "List the jobs of this kernel, every kind, with status, time and outputs."),
+    Subcommand("jobs", "jobs", "jobs [--all] [--since 1d] [--kind serverless|comfyui|model|cloud] "
+               "[--status S] [--out NAME]", "List the journaled jobs of every kernel, newest first: status, "
+               "time, outputs, and which are unknown, unfollowed or gone."),
+    Subcommand("attach", "jobs", "attach ID [--out NAME] [--timeout S] [--no-wait]",
+               "Follow a journaled job again (its id or the start of it), also after a kernel restart."),
     Subcommand("workflows", "machines", "workflows",
                "List your cloud-saved workflows and their version ids."),
     Subcommand("machines", "machines", "machines",

@@ -73,8 +73,8 @@ def test_partner_node_key_is_sent_by_itself(ip: InteractiveShell, capsys: pytest
     result, text = run(ip, f"%%runcomfy cloud --partner-key no\n{json.dumps(unkeyed)}\n", capsys)
     assert not result.success and "Traceback" not in text
     assert "Please login first" in text and "partner_key" in text  # what happened and what to do
-    job = ip.run_cell("%runcomfy jobs --kind cloud").result[-1]
-    assert job.status.value == "failed"
+    entry = ip.run_cell("%runcomfy jobs --kind cloud").result[0]  # the newest first
+    assert entry.status == "failed" and "Please login first" in entry.error
 
 
 @pytest.mark.parametrize(("cell", "message"), [

@@ -14,6 +14,7 @@ from runcomfy_nb import sync
 from runcomfy_nb.errors import ValidationError
 from runcomfy_nb.events import JobResult
 from runcomfy_nb.jobs import Job
+from runcomfy_nb.journal import journal
 from runcomfy_nb.magics.jobs import JobList
 from runcomfy_nb.magics.models import parse_inputs
 from runcomfy_nb.magics.session import SESSION
@@ -128,9 +129,9 @@ def test_jobs_lists_every_kind(ip: InteractiveShell, capsys: pytest.CaptureFixtu
     assert "<table>" in listed._repr_html_()
     only = ip.run_cell("%runcomfy jobs --kind model").result
     assert only and {job.kind for job in only} == {"model"}
-    active = ip.run_cell("%runcomfy jobs --active").result or []
-    assert all(not job.done and not job.detached for job in active)  # jobs of other tests may run on
-    assert not {id(j) for j in active} & {id(j) for j in listed if j.done}
+    done = ip.run_cell("%runcomfy jobs --status succeeded").result
+    assert done and all(entry.status == "succeeded" for entry in done)
+    assert ip.run_cell("%runcomfy jobs --status failed --since 1h").result is None
 
 
 class _Forever:
@@ -142,15 +143,16 @@ class _Forever:
         return False
 
 
-async def test_a_detached_job_is_listed_as_such_and_not_active() -> None:
+async def test_a_detached_job_is_listed_as_such_with_how_to_attach_it() -> None:
     job = Job(_Forever(), kind="model", id="req-detached-1", label="m · req-deta")
+    journal().follow(job, target="o/m")
     await asyncio.sleep(0)
     assert not job.detached
     job.detach()
     await job.wait(1)
     assert job.detached and not job.done and job.status.value == "queued"
-    row = JobList([job]).rows()[0]
-    assert row[3] == "queued" and "detached" in row[-1]
+    row = JobList(journal().entries(), {job.id: job}, set()).rows()[0]
+    assert row[4] == "queued" and row[-1] == "not followed: %runcomfy attach req-deta"
 
 
 async def test_result_of_a_detached_job_says_so_and_cancels_nothing() -> None:
