@@ -169,7 +169,8 @@ class AsyncRunComfy:
                 for job in api.followed if not job.done]
         if left:
             log.warning("%d job(s) still running were detached when the client closed; re-attach with "
-                        "client.attach(job_id) or %%runcomfy attach (`%%runcomfy jobs` lists them).", len(left))
+                        "client.attach(job_id) or %%runcomfy attach (%%runcomfy jobs lists them).",
+                        len(left))
         for job in left:
             job.detach()
         for closable in reversed(self._closables):

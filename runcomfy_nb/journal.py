@@ -288,7 +288,10 @@ class Journal:
         if not rows:
             raise ValidationError(f"No journaled job has an id starting with {prefix!r}; `%runcomfy jobs "
                                   "--all` lists them all.")
-        if len(rows) > 1 and rows[0]["job_id"] != prefix:
+        exact = [r for r in rows if r["job_id"] == prefix]
+        if exact:
+            return Entry.from_row(exact[0])
+        if len(rows) > 1:
             shown = ", ".join(str(r["job_id"]) for r in rows[:5])
             raise ValidationError(f"{len(rows) if len(rows) < 6 else 'Several'} journaled jobs start with "
                                   f"{prefix!r} ({shown}): give more of the id.")

@@ -66,7 +66,8 @@ def test_outputs_the_service_deleted_are_said_gone_with_the_saved_copies(
         db.execute("UPDATE jobs SET finished_at = ? WHERE job_id = ?", (time.time() - 8 * 86400, old.job_id))
     listed, _ = run(ip, "%runcomfy jobs", capsys)
     row = listed.result.rows()[0]  # type: ignore[attr-defined]
-    assert row[-1] == "outputs deleted by the service (7 days after the end)" and row[7] == f"{len(old.media)} (1 saved)"
+    assert row[-1] == "outputs deleted by the service (7 days after the end)"
+    assert row[7] == f"{len(old.media)} (1 saved)"
     result, text = run(ip, f"%runcomfy attach {old.job_id[:8]}", capsys)
     said = [line for line in text.splitlines() if line.strip()]
     assert not result.success and len(said) == 1 and "Traceback" not in text  # type: ignore[attr-defined]
