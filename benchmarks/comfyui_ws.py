@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import tempfile
 import time
 
 import runcomfy_nb as rc
@@ -88,6 +90,8 @@ async def main(prompts: int, steps: int, step_seconds: float) -> None:
 
 
 if __name__ == "__main__":
+    # journaled as a user's jobs are, in a file of its own (not the user's journal)
+    os.environ["RUNCOMFY_JOURNAL"] = os.path.join(tempfile.mkdtemp(prefix="bench-journal-"), "jobs.sqlite3")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--steps", type=int, default=40)

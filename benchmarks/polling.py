@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Awaitable
 
@@ -109,6 +111,8 @@ async def main(jobs: int, concurrency: int, queued_jobs: int, instances: int) ->
 
 
 if __name__ == "__main__":
+    # journaled as a user's jobs are, in a file of its own (not the user's journal)
+    os.environ["RUNCOMFY_JOURNAL"] = os.path.join(tempfile.mkdtemp(prefix="bench-journal-"), "jobs.sqlite3")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50, help="never-queued jobs per strategy")
     parser.add_argument("--concurrency", type=int, default=2, help="never-queued jobs at a time")
