@@ -1,11 +1,12 @@
 """No secret — the RunComfy token, the Comfy API key, a partner-node key, a machine's URL — appears
-in any output, repr, exception or log line. Each is a sentinel value; the test drives every kind
+in any output, repr, exception, log line or the job journal. Each is a sentinel value; the test drives every kind
 of run (successes and failures) with every logger at DEBUG, then searches everything it captured."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,7 +62,7 @@ def shown(value: Any) -> str:
 
 
 def test_no_secret_anywhere(emu: Emulator, debug_logs: pytest.LogCaptureFixture,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+                            capsys: pytest.CaptureFixture[str], journal: Path) -> None:
     seen: list[str] = []
     client = rc.RunComfy(token=TOKEN, base_url=emu.url, model_api_url=emu.url, user_id=emu.user_id)
     seen += [shown(client), shown(client.config), str(client.config.masked())]
@@ -133,6 +134,9 @@ def test_no_secret_anywhere(emu: Emulator, debug_logs: pytest.LogCaptureFixture,
     client.aclose()
     comfy.aclose()
 
+    kept = b"".join(p.read_bytes() for p in journal.parent.glob(journal.name + "*"))  # with -wal
+    assert kept.count(b"dep-partner") >= 2 and MODEL.encode() in kept and machine.id.encode() in kept
+    seen.append(kept.decode("utf-8", "replace"))  # the job journal: every job above, nothing secret
     text = everything(seen, debug_logs, capsys)
     assert len(debug_logs.records) > 10, "the loggers should have had something to say"
     for secret in (TOKEN, PARTNER_KEY, CLOUD_KEY, url):
