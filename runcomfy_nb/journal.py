@@ -3,7 +3,8 @@
 
 It lives at `$RUNCOMFY_JOURNAL`, else `jobs.sqlite3` in the user data dir (platformdirs), mode 0600,
 in WAL mode with short transactions, so kernels and scripts can write at once. A row holds the job's
-kind, target, ids, parameters (its provenance, without secrets), status, error, outputs (names, the
+kind, target, ids, parameters (its provenance without secrets; a serverless job keeps its overrides,
+not its whole workflow), status, error, outputs (names, the
 URLs of storage-hosted files, local paths once saved; never bytes) and timestamps. Machine URLs are
 never written: a ComfyUI job on a RunComfy machine keeps the machine's server id.
 
@@ -122,6 +123,15 @@ class Entry:
         return cls(**values)
 
 
+def _params(provenance: dict[str, Any]) -> dict[str, Any]:
+    """What a row keeps of a job's provenance: all of it, but a serverless job's whole workflow (its
+    deployment's saved workflow with the overrides kept here: tens of KB a job, rebuilt at will)."""
+    kept = without_secrets(provenance)
+    if "overrides" in kept or "inputs" in kept:
+        kept = {k: v for k, v in kept.items() if k != "workflow"}
+    return kept
+
+
 def _output(media: Any, storage_hosted: bool) -> dict[str, Any]:
     found = {"filename": media.filename, "kind": media.kind, "subfolder": media.subfolder,
              "type": media.type}
@@ -210,7 +220,7 @@ class Journal:
     def _record(self, job: Job, target: str, server: str | None, base_url: str | None,
                 row: int | None) -> int:
         now = time.time()
-        params = json.dumps(without_secrets(job.provenance), default=str) if job.provenance else None
+        params = json.dumps(_params(job.provenance), default=str) if job.provenance else None
         with self._write() as db:
             if row is None:
                 found = db.execute("SELECT row FROM jobs WHERE job_id = ?", (job.id,)).fetchone()
