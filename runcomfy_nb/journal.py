@@ -3,10 +3,10 @@
 
 It lives at `$RUNCOMFY_JOURNAL`, else `jobs.sqlite3` in the user data dir (platformdirs), mode 0600,
 in WAL mode with short transactions, so kernels and scripts can write at once. A row holds the job's
-kind, target, ids, parameters (its provenance without secrets; a serverless job keeps its overrides,
-not its whole workflow), status, error, outputs (names, the
-URLs of storage-hosted files, local paths once saved; never bytes) and timestamps. Machine URLs are
-never written: a ComfyUI job on a RunComfy machine keeps the machine's server id.
+kind, target, ids, parameters (its provenance without secrets; of a serverless job the overrides,
+not the whole workflow), status, error, outputs (names, the URLs of storage-hosted files, local paths
+once saved; never bytes) and timestamps. Machine URLs are never written: a ComfyUI job on a RunComfy
+machine keeps the machine's server id.
 
 A submit writes its row before the POST (`begin`); the reply fills it in (`Pending.taken`); a
 submit whose reply never arrived stays as `unknown` with what to do (`Pending.lost`); a refused one
