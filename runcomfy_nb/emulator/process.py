@@ -8,7 +8,8 @@ that died (or of a port now served by something else) counts as none, and is rem
 ends the process and returns only once it has ended.
 
 The file is `$RUNCOMFY_EMULATOR_STATE`, else `emulator.json` beside the job journal: the journal
-records jobs against this emulator's URL, so the two belong together.
+records jobs against this emulator's URL, so the two belong together. Beside it: `.lock` (one kernel
+at a time finds or starts one) and `.log` (the process's stderr, for a failed start; no secret).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class KeptEmulator:
     comfy_api_key: str = field(repr=False)
 
     def deployment_ids(self) -> list[str]:
+        """The serverless deployments it serves (as `Emulator.deployment_ids`)."""
         return list(self.deployments)
 
     def stop(self) -> None:
@@ -151,7 +153,10 @@ def find(path: Path | None = None) -> tuple[KeptEmulator | None, KeptEmulator | 
 
 
 def _spawn(path: Path, speed: float, token: str | None) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
+    from ..config import ENV_NAMES, SECRETS
+
+    # the user's real token and key are of no use to the emulator: they stay out of its environment
+    env = {k: v for k, v in os.environ.items() if k not in {n for s in SECRETS for n in ENV_NAMES[s]}}
     if token:
         env[TOKEN_ENV] = token
     else:

@@ -24,6 +24,7 @@ from runcomfy_nb.magics.session import SESSION
 from ..helpers import wait_for
 
 EMU_TOKEN = "rc_keep_emulator_SENTINEL_7c1d"
+USER_TOKEN = "rc_keep_user_SENTINEL_2b8e"
 PID = re.compile(r"\(pid (\d+)\)")
 
 # A second process: a fresh shell (as a restarted kernel is) running one `%runcomfy` line.
@@ -96,6 +97,21 @@ def test_kept_emulator_is_found_from_another_process_and_stopped(
     assert SESSION.emulator is None and SESSION.config.base_url != kept.url
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{kept.url}/_emulator/log")
+
+
+def test_a_random_token_and_the_users_own_stay_out_of_output_and_the_process(
+        ip: InteractiveShell, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUNCOMFY_EMULATOR_TOKEN")
+    monkeypatch.setenv("RUNCOMFY_TOKEN", USER_TOKEN)
+    ip.run_line_magic("runcomfy", "emulate --keep --speed 20")
+    said = capsys.readouterr().out
+    kept = process.read_state()
+    assert kept is not None and kept.token.startswith("emu-") and kept.token != EMU_TOKEN
+    assert kept.token not in said and kept.comfy_api_key not in said and USER_TOKEN not in said
+    assert USER_TOKEN not in Path(f"/proc/{kept.pid}/environ").read_bytes().decode(errors="replace")
+    assert SESSION.config.token.get() == kept.token  # type: ignore[union-attr]
+    ip.run_line_magic("runcomfy", "emulate --stop")
+    assert os.environ["RUNCOMFY_TOKEN"] == USER_TOKEN  # given back
 
 
 def test_a_kept_emulator_outlives_its_starters_process_group(
