@@ -38,6 +38,7 @@ bench: $(READY)
 	$(BIN)/python benchmarks/comfyui_ws.py
 	$(BIN)/python benchmarks/load_ext.py
 	$(BIN)/python benchmarks/sweep.py
+	$(BIN)/python benchmarks/journal.py
 
 stubs: $(READY)  # runcomfy_nb/facade.pyi, the blocking facade's types, from the async classes
 	$(BIN)/python scripts/make_stubs.py
