@@ -171,6 +171,7 @@ class Emulator:
         self._machines: machines.Machines | None = None
         self._models: models.Models | None = None
         self._cloud: cloud.Cloud | None = None
+        self._killed = False  # kill(): the port closed, the loop and its jobs going on
 
     def __repr__(self) -> str:
         return f"<Emulator {self.url or 'stopped'}>"
@@ -181,8 +182,12 @@ class Emulator:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> str:
-        """Serve (once; a second call returns the same URL) and return the base URL."""
+        """Serve (once; a second call returns the same URL) and return the base URL. After `kill()`,
+        serve again on the same port, with the state and the jobs that went on meanwhile."""
         if self._thread is not None:
+            if self._killed:
+                self._call_async(self._listen)
+                self._killed = False
             return self.url
         ready = threading.Event()
         failure: list[BaseException] = []
@@ -195,10 +200,9 @@ class Emulator:
             # in-flight answers (a `delay` fault, say) get a moment, not aiohttp's default minute
             self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", self._port)
-            await site.start()
+            await self._listen()
             host, port = self._runner.addresses[0][:2]
-            self.url = f"http://{host}:{port}"
+            self._port, self.url = port, f"http://{host}:{port}"
 
         def main() -> None:
             asyncio.set_event_loop(loop)
@@ -219,12 +223,34 @@ class Emulator:
             raise RuntimeError(f"the emulator could not start: {failure[0] if failure else 'timeout'}")
         return self.url
 
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        await web.TCPSite(self._runner, "127.0.0.1", self._port).start()
+
+    def kill(self) -> None:
+        """The service vanishes, as a killed process does for its clients: the port closes and every
+        open connection (WebSockets too) is cut, while the state and the jobs in flight go on, so
+        `start()` serves them again on the same port (then `stop()` ends it all); idempotent."""
+        runner = self._runner
+        if self._thread is None or runner is None or self._killed:
+            return
+
+        async def cut() -> None:
+            for site in list(runner.sites):
+                await site.stop()
+            for connection in runner.server.connections if runner.server else ():
+                if connection.transport is not None:
+                    connection.transport.abort()
+
+        self._call_async(cut)
+        self._killed = True
+
     def stop(self) -> None:
         """Stop serving (jobs in flight are dropped); idempotent."""
         if self._thread is None or self._loop is None:
             return
         loop, thread = self._loop, self._thread
-        self._thread = None
+        self._thread, self._killed = None, False
 
         async def shutdown() -> None:
             if self._runner is not None:
@@ -259,6 +285,12 @@ class Emulator:
             return fn()
 
         return asyncio.run_coroutine_threadsafe(wrapped(), self._loop).result(10)
+
+    def _call_async(self, fn: Any) -> Any:
+        """Await the coroutine function `fn` on the emulator's loop."""
+        if self._loop is None or self._thread is None:
+            raise RuntimeError("start the emulator first")
+        return asyncio.run_coroutine_threadsafe(fn(), self._loop).result(10)
 
     # --- inspection and control ------------------------------------------------------------
     @property

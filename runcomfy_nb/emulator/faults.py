@@ -10,11 +10,17 @@ Request faults (answered by `reply` before, or for `drop`/`delay` on a submit, a
 processed): `rate_limit` (429 + `Retry-After: retry_after`), `server_error` (500), `http_error`
 (`status`, `error_code`, `message`), `body_error` (HTTP 200 carrying `error_code`/`message` and no
 status; the code may be a string, e.g. "internal_error", as on status polls and results), `drop`
-(the connection is closed without an answer), `delay` (`seconds` of real time before answering).
+(the connection is closed without an answer; on a submit after it was taken, or with `before: true`
+before, so nothing is taken), `delay` (`seconds` of real time before answering).
 Reply faults: `nulls` (on status and result: the real answer, with every field it leaves out present
 as `null`, e.g. `"outputs": null` beside a LoRA's `"output"`; see `envelope.with_nulls`).
-A server that vanishes mid-run is `Emulator.stop()`: its port closes.
+A server that vanishes mid-run is `Emulator.stop()` (its port closes, its jobs end) or `Emulator.kill()`
+(its port closes and every connection is cut, while its state and jobs go on: `start()` serves them
+again on the same port).
 Job faults: `job_fails` (`message`), `slow_queue` (`seconds` virtual, extra wait in the queue).
+Output faults: `odd_names` (serverless on "submit", the machines' ComfyUI on "run"): the job's
+outputs are named ODD_NAMES (a path traversal, Windows device and dot names, a NUL byte, 300+
+characters; ComfyUI's /view cannot serve `..` or NUL names, so its runs leave those out), one image each.
 Download faults: `truncate` (full Content-Length, half the bytes, then the connection closes).
 Comfy Cloud (cloud/) answers the request faults in its own `{"code", "message"}` shape (`http_error`
 takes `code`), applies them to uploads too (`on="upload"`), and reads `node_raises` (`exception_type`
@@ -38,12 +44,15 @@ FAULTS = {
     "rate_limit": "any", "server_error": "any", "http_error": "any", "body_error": "submit",
     "drop": "submit", "delay": "submit", "job_fails": "submit", "slow_queue": "submit",
     "truncate": "download", "nulls": "any",
+    "odd_names": "submit",  # serverless "submit", machines' ComfyUI "run": outputs named ODD_NAMES
     # machines (target: a server_id or "*"); see machines/ and comfyui/
     "never_ready": "ready", "slow_ready": "ready", "ws_drop": "ws", "node_raises": "run", "ws_refused": "ws",
     "not_json": "status",  # machines/: HTTP 200 whose body is an HTML page, not JSON
 }
 OPERATIONS = {"submit", "upload", "status", "result", "cancel", "download", "ready", "ws", "run", "any"}
 REQUEST_FAULTS = {"rate_limit", "server_error", "http_error", "body_error", "drop", "delay"}
+# hostile output names: traversal, reserved (Windows device, dot names), a NUL byte, oversized
+ODD_NAMES = ("../../evil.png", "CON.png", ".", "..", "nul\x00byte.png", "o" * 300 + ".png")
 _SPEC_KEYS = ("fault", "name", "deployment", "target", "count", "on")
 
 

@@ -6,7 +6,8 @@ checks the real service makes before it looks at faults (an unknown deployment, 
 it returns `(context, target)` or raises `Refused(response)`. Then, for a row with an operation
 `on`, the first request fault armed for `(target, on)` answers instead of the handler — except, on a
 row with `after_taken`, a `drop` or `delay`, which act only after the handler answered 200 (the job
-was taken and the reply is lost or late). Handlers get `(request, context)`, may raise `Refused` too,
+was taken and the reply is lost or late; a `before: true` param makes them act first).
+Handlers get `(request, context)`, may raise `Refused` too,
 and return the answer: a response, or a JSON body, where a `nulls` fault armed for `(target, on)` sends
 the row's `optional` fields that the body leaves out as null (envelope.with_nulls).
 """
@@ -97,7 +98,8 @@ async def serve(service: Service, route: Route, request: web.Request) -> web.Str
         late = None
         if route.on is not None:
             fault = service.faults.take(target, route.on, route.names or service.fault_names)
-            if fault is not None and route.after_taken and fault.name in LATE_FAULTS:
+            if (fault is not None and route.after_taken and fault.name in LATE_FAULTS
+                    and not fault.params.get("before")):
                 late = fault
             elif fault is not None and (instead := await service.fault_reply(request, fault)):
                 return instead

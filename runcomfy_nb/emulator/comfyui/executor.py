@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from .. import synth
+from ..faults import ODD_NAMES
 from ..synth import workflow_params as _read_workflow
 from .nodes import MAX_HISTORY, SAMPLER_CLASSES
 from .server import Interrupted, Item, NodeFailure, Run, Server, annotated
@@ -126,6 +127,7 @@ class ComfyUI(Server):
         prompt = run.item.prompt
         run.drop = self.state.faults.take(self.server_id, "ws", {"ws_drop"})
         run.raises = self.state.faults.take(self.server_id, "run", {"node_raises"})
+        run.odd = self.state.faults.take(self.server_id, "run", {"odd_names"})
         if run.raises is None:
             return
         wanted = run.raises.params.get("node")
@@ -242,6 +244,8 @@ class ComfyUI(Server):
         self._check(run, node_id)
         if class_type == "SaveImage":
             prefix = str(inputs.get("filename_prefix", "ComfyUI"))
+            if run.odd is not None:
+                return {"images": self._save_odd(params)}
             return {"images": self._save_images(params, prefix, "output")}
         if class_type == "PreviewImage":
             return {"images": self._save_images(params, "ComfyUI" + self._temp_prefix, "temp")}
@@ -262,6 +266,16 @@ class ComfyUI(Server):
             self.files[(kind, posixpath.join(subfolder, name))] = data
             results.append({"filename": name, "subfolder": subfolder, "type": kind})
             counter += 1
+        return results
+
+    def _save_odd(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """The `odd_names` fault: one image per hostile name /view can serve (it refuses `..` names,
+        and aiohttp a NUL byte in the Content-Disposition header, in ComfyUI as here)."""
+        names = [name for name in ODD_NAMES if ".." not in name and "\x00" not in name]
+        results = []
+        for index, name in enumerate(names):
+            self.files[("output", name)] = synth.image(params["seed"], params["prompt"], 64, 64, index)
+            results.append({"filename": name, "subfolder": "", "type": "output"})
         return results
 
     def _save_video(self, params: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:

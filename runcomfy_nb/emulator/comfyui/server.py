@@ -76,6 +76,7 @@ class Run:
     raises: Fault | None = None
     raise_node: str | None = None
     drop: Fault | None = None
+    odd: Fault | None = None  # `odd_names`: its SaveImage outputs are named faults.ODD_NAMES
 
 
 

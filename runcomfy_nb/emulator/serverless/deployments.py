@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 from .. import comfyui, synth, validation
 from .. import faults as faults_
@@ -50,6 +51,7 @@ class Request:
     fails_with: str | None = None
     extra_queue: float = 0.0
     cancel_pending: bool = False
+    odd_names: bool = False  # the `odd_names` fault: its outputs are named faults.ODD_NAMES
     outputs: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -175,6 +177,7 @@ class Serverless:
             request.fails_with = str(failing.params.get("message", DEFAULT_FAILURE))
         elif dep.get("needs_comfy_key") and not (body.get("extra_data") or {}).get("api_key_comfy_org"):
             request.fails_with = NEEDS_KEY
+        request.odd_names = bool(self.faults.take(dep["id"], "submit", {"odd_names"}))
         slow = self.faults.take(dep["id"], "submit", {"slow_queue"})
         request.extra_queue = float(dep["queue_seconds"]) + (
             float(slow.params.get("seconds", 30)) if slow else 0.0)
@@ -228,12 +231,15 @@ class Serverless:
 
         def store(filename: str, data: bytes) -> str:
             files[(request.id, filename)] = data
-            return f"{{origin}}/storage/output/{request.id}/{filename}"
+            return f"{{origin}}/storage/output/{request.id}/{_url_segment(filename)}"
 
         def item(filename: str, data: bytes, **extra: Any) -> dict[str, Any]:
             return {"url": store(filename, data), "filename": filename, "subfolder": "", "type": "output",
                     **extra}
 
+        if request.odd_names:
+            params = synth.workflow_params(request.workflow or {})
+            return _odd_outputs(dep, params, store, item), files
         if dep["type"] == "lora":
             inputs = request.inputs or {}
             seed = inputs.get("seed", 0)
@@ -254,6 +260,21 @@ class Serverless:
         if dep.get("caption", True):
             outputs["38:42"] = {"text": [[f"a caption of: {params['prompt'][:60]}"]]}
         return outputs, files
+
+
+def _url_segment(filename: str) -> str:
+    """A file name as one URL path segment (a dot name spelt %2E, or clients would resolve it away)."""
+    return quote(filename, safe="") if filename.strip(".") else "%2E" * len(filename)
+
+
+def _odd_outputs(dep: dict[str, Any], params: dict[str, Any], store: Any, item: Any) -> dict[str, Any]:
+    """The `odd_names` fault's outputs: one image per faults.ODD_NAMES entry, each its own picture."""
+    pictures = [synth.image(params.get("seed", 0), params.get("prompt", ""), 64, 64, n)
+                for n in range(len(faults_.ODD_NAMES))]
+    if dep["type"] == "lora":
+        return {"images": [store(name, data) for name, data in zip(faults_.ODD_NAMES, pictures, strict=True)]}
+    images = [item(name, data) for name, data in zip(faults_.ODD_NAMES, pictures, strict=True)]
+    return {params.get("save_node", "9"): {"images": images}}
 
 
 def _default_overrides(workflow: dict[str, Any]) -> dict[str, Any]:
