@@ -159,8 +159,6 @@ def test_find_by_a_unique_prefix_and_say_when_several_or_none_match(book: Journa
         book.find("many")
 
 
-@pytest.mark.xfail(strict=True, reason="Journal.find prefers the newest prefix match over the exact id "
-                   "(reported to the lead; remove this mark with the fix)")
 def test_find_a_whole_id_that_starts_a_newer_one(book: Journal) -> None:
     add(book, "job-1", at=1.0)
     add(book, "job-10", at=2.0)  # newer, and "job-1" starts it
