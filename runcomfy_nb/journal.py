@@ -223,7 +223,8 @@ class Journal:
         params = json.dumps(_params(job.provenance), default=str) if job.provenance else None
         with self._write() as db:
             if row is None:
-                found = db.execute("SELECT row FROM jobs WHERE job_id = ?", (job.id,)).fetchone()
+                found = db.execute("SELECT row, status, submitted_at FROM jobs WHERE job_id = ?",
+                                   (job.id,)).fetchone()
                 if found is None:
                     row = int(db.execute(
                         "INSERT INTO jobs (job_id, kind, target, server, base_url, status, submitted_at, "
@@ -232,6 +233,8 @@ class Journal:
                          _notebook(), os.getpid())).lastrowid or 0)
                 else:
                     row = int(found["row"])
+                    if found["status"] in ACTIVE:  # attached mid-run: its time runs from the submit
+                        job.submitted_at = min(job.submitted_at, float(found["submitted_at"]))
             db.execute("UPDATE jobs SET job_id = ?, status = ?, updated_at = ?, label = ?, note = NULL, "
                        "params = COALESCE(?, params), pid = ? WHERE row = ?",
                        (job.id, job.status.value, now, job.label, params, os.getpid(), row))

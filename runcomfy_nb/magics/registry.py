@@ -37,8 +37,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in [
                "Show the settings (secrets masked), or set some for this kernel: output_dir, timeout, ..."),
     Subcommand("login", "core", "login [--user-id ID] [--cloud] [--forget]",
                "Type your RunComfy token (or --cloud: Comfy Cloud key) unechoed; kept for this kernel only."),
-    Subcommand("emulate", "core", "emulate [--speed X] [--stop]",
-               "Start the local emulator of the RunComfy APIs and point runcomfy_nb at it."),
+    Subcommand("emulate", "core", "emulate [--speed X] [--keep] [--stop]",
+               "Start the local emulator of the RunComfy APIs and point runcomfy_nb at it; --keep: in its "
+               "own process, which outlives the kernel."),
     Subcommand("jobs", "jobs", "jobs [--all] [--since 1d] [--kind serverless|comfyui|model|cloud] "
                "[--status S] [--out NAME]", "List the journaled jobs of every kernel, newest first: status, "
                "time, outputs, and which are unknown, unfollowed or gone."),

@@ -124,6 +124,7 @@ async def test_a_job_is_attached_again_by_a_later_client_from_its_id_prefix(emu:
     assert job.detached and the_journal().find(job.id).active
     async with rc.AsyncRunComfy(token=TOKEN, base_url=emu.url) as later:
         again = await later.attach(job.id[:6])
+        assert job.submitted_at - 5 < again.submitted_at <= job.submitted_at  # its time runs from the submit
         result = await again.result(30)
     assert again.id == job.id and again.status is Status.SUCCEEDED and result.media
     assert the_journal().find(job.id).status == "succeeded"
