@@ -1,6 +1,7 @@
 """No secret — the RunComfy token, the Comfy API key, a partner-node key, a machine's URL — appears
-in any output, repr, exception, log line or the job journal. Each is a sentinel value; the test drives every kind
-of run (successes and failures) with every logger at DEBUG, then searches everything it captured."""
+in any output, repr, exception, log line or the job journal. Each is a sentinel value; the test drives
+every kind of run (successes and failures) with every logger at DEBUG, then searches everything it
+captured."""
 
 from __future__ import annotations
 
