@@ -91,7 +91,8 @@ async def main(prompts: int, steps: int, step_seconds: float) -> None:
 
 if __name__ == "__main__":
     # journaled as a user's jobs are, in a file of its own (not the user's journal)
-    os.environ["RUNCOMFY_JOURNAL"] = os.path.join(tempfile.mkdtemp(prefix="bench-journal-"), "jobs.sqlite3")
+    journal_dir = tempfile.TemporaryDirectory(prefix="bench-journal-")  # removed at exit
+    os.environ["RUNCOMFY_JOURNAL"] = os.path.join(journal_dir.name, "jobs.sqlite3")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--steps", type=int, default=40)

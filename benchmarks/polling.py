@@ -112,7 +112,8 @@ async def main(jobs: int, concurrency: int, queued_jobs: int, instances: int) ->
 
 if __name__ == "__main__":
     # journaled as a user's jobs are, in a file of its own (not the user's journal)
-    os.environ["RUNCOMFY_JOURNAL"] = os.path.join(tempfile.mkdtemp(prefix="bench-journal-"), "jobs.sqlite3")
+    journal_dir = tempfile.TemporaryDirectory(prefix="bench-journal-")  # removed at exit
+    os.environ["RUNCOMFY_JOURNAL"] = os.path.join(journal_dir.name, "jobs.sqlite3")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=50, help="never-queued jobs per strategy")
     parser.add_argument("--concurrency", type=int, default=2, help="never-queued jobs at a time")

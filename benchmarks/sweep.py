@@ -171,7 +171,8 @@ async def main(jobs: int, speed: float) -> None:
 
 if __name__ == "__main__":
     # journaled as a user's jobs are, in a file of its own (not the user's journal)
-    os.environ["RUNCOMFY_JOURNAL"] = os.path.join(tempfile.mkdtemp(prefix="bench-journal-"), "jobs.sqlite3")
+    journal_dir = tempfile.TemporaryDirectory(prefix="bench-journal-")  # removed at exit
+    os.environ["RUNCOMFY_JOURNAL"] = os.path.join(journal_dir.name, "jobs.sqlite3")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs of the large sweep")
     parser.add_argument("--speed", type=float, default=SPEED, help="the emulator's virtual s per real s")

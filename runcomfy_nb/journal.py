@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import SubmitUncertain, UnexpectedReply, ValidationError
+from .errors import ConfigError, SubmitUncertain, UnexpectedReply, ValidationError
 from .events import Event, Failed, Finished, Output
 from .provenance import without_secrets
 
@@ -103,10 +103,16 @@ class Entry:
     client_id: str | None = None
     notebook: str | None = None
     pid: int | None = None
-    params: dict[str, Any] = field(default_factory=dict, repr=False)
+    params_json: str = field(default="", repr=False)
     outputs: list[dict[str, Any]] = field(default_factory=list, repr=False)
     error: str | None = None
     note: str | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The job's parameters (its provenance without secrets), read when asked for."""
+        found: dict[str, Any] = json.loads(self.params_json or "{}")
+        return found
 
     @property
     def active(self) -> bool:
@@ -118,7 +124,7 @@ class Entry:
         values = dict(row)
         values.pop("row", None)
         values["id"] = values.pop("job_id") or ""
-        values["params"] = json.loads(values["params"] or "{}")
+        values["params_json"] = values.pop("params") or ""
         values["outputs"] = json.loads(values["outputs"] or "[]")
         return cls(**values)
 
@@ -182,11 +188,15 @@ class Journal:
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            if self._db is None:
-                if not self.path.exists():
-                    return []
-                self._db = self._connect()
-            return self._db.execute(sql, args).fetchall()
+            try:
+                if self._db is None:
+                    if not self.path.exists():
+                        return []
+                    self._db = self._connect()
+                return self._db.execute(sql, args).fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                raise ConfigError(f"The job journal at {self.path} cannot be read ({exc}): move that file "
+                                  "away, or set RUNCOMFY_JOURNAL to another path.") from None
 
     def close(self) -> None:
         with self._lock:

@@ -110,13 +110,29 @@ def gone_places(entries: list[Entry]) -> set[str]:
     urls = {e.server or e.base_url for e in entries if (e.active or e.kind == "comfyui")
             and ("://" in (e.server or e.base_url or ""))}
     gone = {url for url in list(urls)[:8] if url and not _answers(url)}
-    if machines:
-        try:
-            ready = {m.server_id for m in SESSION.client.machines.list() if m.state == "ready"}
-        except Exception:  # no credentials, or the Server API is out of reach: say nothing
-            return gone
+    ready = _ready_machines({m for m in machines if m}) if machines else None
+    if ready is not None:
         gone |= {m for m in machines if m is not None and m not in ready}
     return gone
+
+
+_ready: tuple[float, frozenset[str]] | None = None  # when read, and the ready machines' ids
+READY_FOR = 30.0  # seconds a read of the account's machines answers for (the Server API allows 1/s)
+
+
+def _ready_machines(wanted: set[str]) -> frozenset[str] | None:
+    """The account's ready machines, read again after READY_FOR seconds, or after 1 s when one of
+    `wanted` was not ready (it may have been launched since); None when they cannot be read (no
+    credentials, the Server API out of reach): then nothing is said of machines."""
+    global _ready
+    age = time.monotonic() - _ready[0] if _ready is not None else None
+    if _ready is None or age is None or age > READY_FOR or (age > 1.0 and not wanted <= _ready[1]):
+        try:
+            machines = SESSION.client.machines.list()
+        except Exception:
+            return None
+        _ready = (time.monotonic(), frozenset(m.server_id for m in machines if m.state == "ready"))
+    return _ready[1]
 
 
 @magic_arguments()
