@@ -306,5 +306,5 @@ def test_an_unreadable_journal_is_one_config_error_saying_what_to_do(spoil: obje
     path = tmp_path / "jobs.sqlite3"
     spoil(path)  # type: ignore[operator]
     for read in (lambda j: j.entries(), lambda j: j.find("req")):
-        with pytest.raises(ConfigError, match="cannot be read .* RUNCOMFY_JOURNAL"):
+        with pytest.raises(ConfigError, match=r"cannot be read .* RUNCOMFY_JOURNAL"):
             read(Journal(path))
