@@ -344,7 +344,8 @@ class Machine:
 
     async def wait_ready(self, timeout: float = 900.0, *, poll: float = 5.0,
                          on_status: Callable[[MachineInfo], None] | None = None) -> MachineInfo:
-        """Wait until Ready (raises MachineFailed if it fails or stops, JobTimeout after `timeout`).
+        """Wait until Ready (raises MachineFailed if it fails or stops, JobTimeout after `timeout`,
+        when a machine not kept is stopped first: it never became Ready, so nothing was billed).
         A poll that meets a transient or malformed answer is tried again, within `timeout`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -368,9 +369,22 @@ class Machine:
                     raise MachineFailed(f"Machine {self.id[:8]} is {info.state} ({info.raw_status}); "
                                         "it will not become ready.")
             if loop.time() > deadline:
-                raise JobTimeout(f"Machine {self.id[:8]} was not ready after {timeout:g} s; it is "
-                                 f"still {self.info.raw_status} (and not billed until Ready){problem}.")
+                raise JobTimeout(f"Machine {self.id[:8]} was not ready after {timeout:g} s{problem}; "
+                                 f"{await self._given_up()}")
             await asyncio.sleep(min(poll, max(0.0, deadline - loop.time())))
+
+    async def _given_up(self) -> str:
+        """Stop a machine whose wait timed out (unless kept), before it becomes Ready and bills;
+        what happened, for the timeout's message."""
+        status = self.info.raw_status
+        if self.keep:
+            return f"it is still {status}, kept (not billed until Ready): stop it when you are done."
+        try:
+            await self.stop()
+        except RunComfyError as exc:
+            return (f"it is still {status}, and stopping it failed ({exc}): stop it with "
+                    f"`%runcomfy stop {self.id[:8]}` before it becomes Ready and bills.")
+        return f"it was stopped while still {status}, so nothing was billed."
 
     def _not_listed_yet(self, info: MachineInfo) -> bool:
         """A 404 for a machine just launched and never seen past Starting: not yet visible, not gone."""
