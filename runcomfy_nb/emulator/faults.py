@@ -21,7 +21,9 @@ Job faults: `job_fails` (`message`), `slow_queue` (`seconds` virtual, extra wait
 Output faults: `odd_names` (serverless on "submit", the machines' ComfyUI on "run"): the job's
 outputs are named ODD_NAMES (a path traversal, Windows device and dot names, a NUL byte, 300+
 characters; ComfyUI's /view cannot serve `..` or NUL names, so its runs leave those out), one image each.
-Download faults: `truncate` (full Content-Length, half the bytes, then the connection closes).
+Download faults: `truncate` (full Content-Length, half the bytes, then the connection closes; on a
+ranged request half of the range; `count=2` cuts two answers), `no_range` (Range and If-Range are
+ignored: 200 with the whole file, no Accept-Ranges).
 Comfy Cloud (cloud/) answers the request faults in its own `{"code", "message"}` shape (`http_error`
 takes `code`), applies them to uploads too (`on="upload"`), and reads `node_raises` (`exception_type`
 one of its categories, e.g. OOMError) and `ws_drop` as the machines' ComfyUI does.
@@ -43,7 +45,7 @@ FAULTS = {
     # name: the operation it applies to unless `on` says otherwise
     "rate_limit": "any", "server_error": "any", "http_error": "any", "body_error": "submit",
     "drop": "submit", "delay": "submit", "job_fails": "submit", "slow_queue": "submit",
-    "truncate": "download", "nulls": "any",
+    "truncate": "download", "no_range": "download", "nulls": "any",
     "odd_names": "submit",  # serverless "submit", machines' ComfyUI "run": outputs named ODD_NAMES
     # machines (target: a server_id or "*"); see machines/ and comfyui/
     "never_ready": "ready", "slow_ready": "ready", "ws_drop": "ws", "node_raises": "run", "ws_refused": "ws",
