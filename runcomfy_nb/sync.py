@@ -81,8 +81,10 @@ class _Running:
         self._loop.call_soon_threadsafe(self._cancel)
 
     def _cancel(self) -> None:
+        # one turn later: a task not yet started would get the cancel before its first line, so
+        # `Job.result` would never reach the handler that cancels the remote job
         if self._task is not None:
-            self._task.cancel()
+            self._loop.call_soon(self._task.cancel)
 
 
 def _is_async_object(value: Any) -> bool:
