@@ -25,8 +25,11 @@ raises), `paused` (nothing starts), `metadata_previews` (honour the feature flag
 `lose_prompt_reply` (take a prompt but drop the connection before answering),
 `finish_before_reply` (POST /prompt runs the prompt to its end, every frame written to the
 client's open socket, before it answers: a fast prompt on a real server), `ws_busy` (answer the
-next n WebSocket handshakes with HTTP 429 and `Retry-After: ws_retry_after`); `vanish()` kills the
-server mid-run: the listener closes, every connection is cut, nothing runs on.
+next n WebSocket handshakes with HTTP 429 and `Retry-After: ws_retry_after`), `view_truncate` (the
+next n /view answers announce the whole file, send half of it and close; a plain /view is otherwise
+aiohttp's FileResponse, as in ComfyUI, so byte ranges are aiohttp's; `view_ranges` lists each /view's
+Range header); `vanish()` kills the server mid-run: the listener closes, every connection is cut,
+nothing runs on.
 """
 
 from __future__ import annotations
@@ -37,10 +40,13 @@ import copy
 import hashlib
 import io
 import json
+import shutil
 import struct
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -152,6 +158,7 @@ class ComfyDouble:
     finish_before_reply: bool = False  # POST /prompt answers only once the prompt ended
     ws_busy: int = 0  # the next n WebSocket handshakes are answered 429
     ws_retry_after: str = "0"
+    view_truncate: int = 0  # the next n /view answers announce the whole file, send half, then close
 
     url: str = ""
     requests: list[tuple[str, str]] = field(default_factory=list)
@@ -163,6 +170,7 @@ class ComfyDouble:
     running: Prompt | None = None
     ws_refused: int = 0  # handshakes answered 429 so far
     ws_images: list[bytes] = field(default_factory=list)  # what SaveImageWebsocket sent, in order
+    view_ranges: list[str | None] = field(default_factory=list)  # each /view's Range header (or None)
 
     def __post_init__(self) -> None:
         self.sockets: dict[str, web.WebSocketResponse] = {}
@@ -181,6 +189,7 @@ class ComfyDouble:
         self._resume.set()
         self._runner: web.AppRunner | None = None
         self._executor: asyncio.Task[None] | None = None
+        self._disk = Path(tempfile.mkdtemp(prefix="comfy-double-"))  # /view serves files from disk
 
     # -- life --
     async def __aenter__(self) -> ComfyDouble:
@@ -216,6 +225,7 @@ class ComfyDouble:
                 await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        shutil.rmtree(self._disk, ignore_errors=True)
 
     async def _stop_executor(self) -> None:
         if self._executor is not None:
@@ -468,8 +478,24 @@ class ComfyDouble:
         if data is None:
             return web.Response(status=404)
         content_type = "image/png" if filename.endswith(".png") else "application/octet-stream"
-        return web.Response(body=data, content_type=content_type,
-                            headers={"Content-Disposition": f'filename="{filename}"'})
+        headers = {"Content-Disposition": f'filename="{filename}"', "Content-Type": content_type}
+        self.view_ranges.append(request.headers.get("Range"))
+        if self.view_truncate:
+            self.view_truncate -= 1
+            response = web.StreamResponse(headers=headers)
+            response.content_length = len(data)
+            await response.prepare(request)
+            await response.write(data[: len(data) // 2])
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError  # aiohttp: the client went away, nothing more is written
+        # ComfyUI answers a plain /view with aiohttp's FileResponse, which serves Range, If-Range
+        # and ETag itself (RFC 9110): the double does the same with the bytes put on disk
+        on_disk = self._disk / hashlib.sha256(data).hexdigest() / filename
+        if not on_disk.exists():
+            on_disk.parent.mkdir(parents=True, exist_ok=True)
+            on_disk.write_bytes(data)
+        return web.FileResponse(on_disk, headers=headers)
 
     # -- info --
     def schemas(self) -> dict[str, dict[str, Any]]:

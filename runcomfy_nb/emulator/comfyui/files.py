@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..storage import send_truncated
+from ..storage import send_file
 from .nodes import FOLDER_TYPES, MAX_UPLOAD
 from .server import Server, annotated, server_error
 
@@ -110,7 +110,8 @@ def _viewed(query: Any) -> tuple[str, str, str] | web.Response:
 
 
 async def view(request: web.Request, backend: Server, faults: Any) -> web.StreamResponse:
-    """GET /view: a file of the backend's folders, converted on request; `truncate` cuts it short."""
+    """GET /view: a file of the backend's folders, converted on request, whole or the byte range
+    asked (see `storage.send_file`, which also applies `truncate` and `no_range`)."""
     query = request.query
     named = _viewed(query)
     if isinstance(named, web.Response):
@@ -128,9 +129,7 @@ async def view(request: web.Request, backend: Server, faults: Any) -> web.Stream
                         "text/css"}:
         content_type = "application/octet-stream"
     headers = {"Content-Disposition": f'filename="{filename}"', "Content-Type": content_type}
-    if faults.take(backend.server_id, "download", {"truncate"}):
-        await send_truncated(request, data, headers)
-    return web.Response(body=data, headers=headers)
+    return await send_file(request, data, headers, faults, backend.server_id)
 
 
 def convert(data: bytes, preview: str, channel: str) -> tuple[bytes, str] | None:
