@@ -1,11 +1,43 @@
-// Gallery: a grid of output tiles; click an image for a lightbox with the full file.
+// Gallery: a grid of output tiles; click an image for a lightbox with the full file. Video and
+// audio play inline (item.src, a data URL, for a small file; else fetched on play). Each tile
+// shows its size and dimensions and has a download button; "download all" saves one ZIP.
 // The full file comes from item.url when Python vouched that the browser may load it, else
 // (or when that fails) through the kernel: send {type: "fetch", index}, receive
 // {type: "file", index, mime} with the bytes as a buffer. If both fail, the thumbnail stays.
+// Downloads never use item.url (another origin ignores <a download>): the bytes come from
+// item.src or the kernel; "download all" sends {type: "fetch_all"} and gets {type: "zip", name}.
 
 import { button, element } from "./shared.js";
 
 const FETCH_TIMEOUT_MS = 120000;
+
+// 812 B · 6.2 KB · 3.4 MB, as runcomfy_nb.widgets.images.human_size writes it
+export function humanSize(count) {
+  let size = count;
+  for (const unit of ["B", "KB", "MB", "GB"]) {
+    if (size < 1000 || unit === "GB") return unit === "B" ? `${Math.round(size)} B` : `${size.toFixed(1)} ${unit}`;
+    size /= 1000;
+  }
+  return "";
+}
+
+function details(item, width, height) {
+  const parts = item.size ? [humanSize(item.size)] : [];
+  const w = item.width || width;
+  const h = item.height || height;
+  if (w && h) parts.push(`${w}×${h}`);
+  return parts.join(" · ");
+}
+
+function saveAs(url, filename) {
+  const link = element("a");
+  link.href = url;
+  link.download = filename;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+}
 
 function probe(src) {
   return new Promise((resolve, reject) => {
@@ -19,16 +51,55 @@ function probe(src) {
 function render({ model, el }) {
   const root = element("div", "rcnb-gallery");
   const loading = element("div", "rcnb-loading", "loading previews…");
+  const toolbar = element("div", "rcnb-toolbar");
+  const downloadAll = button("rcnb-download-all", "⬇ download all");
+  downloadAll.title = "Save every file in one ZIP";
+  const status = element("span", "rcnb-download-status");
+  toolbar.append(downloadAll, status);
   const grid = element("div", "rcnb-grid");
   const texts = element("ul", "rcnb-texts");
-  root.append(loading, grid, texts);
+  root.append(loading, toolbar, grid, texts);
   el.append(root);
 
   const blobs = new Map(); // index -> object URL of a file fetched through the kernel
   const pending = new Map(); // index -> {promise, resolve, reject, timer}
   let lightbox = null; // {overlay, index}
+  let zipWaiter = null; // {timer}
+
+  function onZip(msg, buffers) {
+    if (!zipWaiter) return;
+    clearTimeout(zipWaiter.timer);
+    zipWaiter = null;
+    downloadAll.disabled = false;
+    if (msg.error || !buffers || !buffers.length) {
+      status.textContent = `could not download: ${msg.error || "no data"}`;
+      return;
+    }
+    status.textContent = "";
+    const url = URL.createObjectURL(new Blob([buffers[0]], { type: "application/zip" }));
+    saveAs(url, msg.name || "outputs.zip");
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
+  function onDownloadAll() {
+    if (zipWaiter) return;
+    downloadAll.disabled = true;
+    status.textContent = "preparing the ZIP…";
+    zipWaiter = {
+      timer: setTimeout(() => {
+        zipWaiter = null;
+        downloadAll.disabled = false;
+        status.textContent = "could not download: the kernel did not answer";
+      }, FETCH_TIMEOUT_MS),
+    };
+    model.send({ type: "fetch_all" });
+  }
 
   function onMessage(msg, buffers) {
+    if (msg && msg.type === "zip") {
+      onZip(msg, buffers);
+      return;
+    }
     if (!msg || msg.type !== "file") return;
     const waiter = pending.get(msg.index);
     if (!waiter) return;
@@ -165,7 +236,10 @@ function render({ model, el }) {
         },
       );
     };
-    if (item.url) {
+    if (item.src) {
+      player.src = item.src; // small enough to be in the widget's state: plays at once
+      box.append(player);
+    } else if (item.url) {
       player.src = item.url;
       let retried = false;
       player.addEventListener("error", () => {
@@ -207,16 +281,50 @@ function render({ model, el }) {
       visual = element("div", "rcnb-placeholder", "file");
     }
     const caption = element("figcaption");
-    caption.append(element("div", "rcnb-name", item.filename));
+    const head = element("div", "rcnb-head");
+    const save = button("rcnb-download", "⬇");
+    save.title = `Download ${item.filename}`;
+    save.setAttribute("aria-label", `download ${item.filename}`);
+    save.addEventListener("click", () => download(item, index, save));
+    head.append(element("div", "rcnb-name", item.filename), save);
+    const info = element("div", "rcnb-details", details(item));
+    caption.append(head, info);
+    // a video's dimensions, when Python did not read the file, from the player once it knows
+    visual.addEventListener("loadedmetadata", (event) => {
+      const player = event.target;
+      if (player.videoWidth) info.textContent = details(item, player.videoWidth, player.videoHeight);
+    }, true);
     if (item.label) caption.append(element("div", "rcnb-label", item.label));
     if (item.error) caption.append(element("div", "rcnb-error", item.error));
     figure.append(visual, caption);
     return figure;
   }
 
+  function download(item, index, control) {
+    if (item.src) {
+      saveAs(item.src, item.filename);
+      return;
+    }
+    control.disabled = true;
+    control.dataset.state = "loading";
+    viaKernel(index).then(
+      (url) => {
+        control.disabled = false;
+        control.dataset.state = "done";
+        saveAs(url, item.filename);
+      },
+      (err) => {
+        control.disabled = false;
+        control.dataset.state = "error";
+        control.title = `could not download: ${err.message}`;
+      },
+    );
+  }
+
   function update() {
     grid.replaceChildren(...items().map(tile));
     grid.hidden = items().length === 0;
+    toolbar.hidden = items().length < 2;
     const lines = model.get("texts") || [];
     texts.replaceChildren(
       ...lines.map((line) => {
@@ -229,6 +337,7 @@ function render({ model, el }) {
     loading.hidden = !model.get("loading");
   }
 
+  downloadAll.addEventListener("click", onDownloadAll);
   model.on("msg:custom", onMessage);
   model.on("change:items", update);
   model.on("change:texts", update);
@@ -244,6 +353,7 @@ function render({ model, el }) {
     model.off("change:texts", update);
     model.off("change:loading", update);
     for (const waiter of pending.values()) clearTimeout(waiter.timer);
+    if (zipWaiter) clearTimeout(zipWaiter.timer);
     for (const url of blobs.values()) URL.revokeObjectURL(url);
     root.remove();
   };

@@ -1,4 +1,4 @@
-"""Synthetic media: images and a short animation that depend only on their inputs."""
+"""Synthetic media: images, a short animation and an MP4 video that depend only on their inputs."""
 
 from __future__ import annotations
 
@@ -68,9 +68,8 @@ def image(seed: int, prompt: str, width: int = 512, height: int = 512, index: in
     return out.getvalue()
 
 
-def animation(seed: int, prompt: str, frames: int = 24, size: int = 256, fmt: str = "WEBP") -> bytes:
-    """A short animated WebP (or GIF: `fmt="GIF"`) of a ball crossing a gradient, made only from its
-    arguments."""
+def _frames(seed: int, prompt: str, frames: int, size: int) -> list[Image.Image]:
+    """The frames of a ball crossing a gradient, made only from the arguments."""
     rng = _rng("video", seed, prompt)
     background = _background((size, size), rng)
     color = _palette(rng)[1]
@@ -83,6 +82,13 @@ def animation(seed: int, prompt: str, frames: int = 24, size: int = 256, fmt: st
         draw.ellipse((x - 18, y - 18, x + 18, y + 18), fill=color, outline=(255, 255, 255))
         draw.text((6, 6), f"seed {seed} frame {n + 1}/{frames}", fill=(255, 255, 255))
         images.append(frame)
+    return images
+
+
+def animation(seed: int, prompt: str, frames: int = 24, size: int = 256, fmt: str = "WEBP") -> bytes:
+    """A short animated WebP (or GIF: `fmt="GIF"`) of a ball crossing a gradient, made only from its
+    arguments."""
+    images = _frames(seed, prompt, frames, size)
     out = io.BytesIO()
     if fmt.upper() == "GIF":
         images[0].save(out, "GIF", save_all=True, append_images=images[1:], duration=80, loop=0)
@@ -90,6 +96,40 @@ def animation(seed: int, prompt: str, frames: int = 24, size: int = 256, fmt: st
         images[0].save(out, "WEBP", save_all=True, append_images=images[1:], duration=80, loop=0,
                        quality=70, method=0)
     return out.getvalue()
+
+
+def can_make_mp4() -> bool:
+    """Whether PyAV (the `emulator` extra's `av`) with an H.264 encoder is installed."""
+    try:
+        import av
+    except ImportError:
+        return False
+    return "libx264" in av.codecs_available
+
+
+def video(seed: int, prompt: str, frames: int = 24, size: int = 256, fps: int = 12) -> bytes:
+    """A short H.264 MP4 (yuv420p, constrained baseline, `moov` before `mdat`, no audio) of the
+    same ball as `animation`, a few KB, that browsers play. Same inputs, same bytes: one encoder
+    thread, and the muxer writes no creation time. Needs PyAV (`pip install runcomfy_nb[emulator]`)."""
+    import tempfile
+
+    import av
+
+    size = max(16, size - size % 2)  # yuv420p needs even sides
+    images = _frames(seed, prompt, frames, size)
+    with tempfile.TemporaryDirectory(prefix="rcnb-mp4-") as folder:
+        # +faststart moves `moov` to the front (players start before the whole file arrived);
+        # the muxer does that by rewriting the file, so it needs a real path, not a BytesIO
+        path = f"{folder}/video.mp4"
+        with av.open(path, "w", format="mp4", options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream("libx264", rate=fps, options={
+                "crf": "28", "preset": "medium", "profile": "baseline", "threads": "1"})
+            stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+            for picture in images:
+                container.mux(stream.encode(av.VideoFrame.from_image(picture)))
+            container.mux(stream.encode())
+        with open(path, "rb") as made:
+            return made.read()
 
 
 @functools.lru_cache(maxsize=8)
@@ -150,3 +190,25 @@ def workflow_params(workflow: dict[str, Any]) -> dict[str, Any]:
             params["save_node"] = str(node_id)
     params["prompt"] = prompts.get(positive or "", next(iter(prompts.values()), ""))
     return params
+
+
+MP4_FORMATS = ("video/h264-mp4", "video/nvenc_h264-mp4")  # VHS_VideoCombine's H.264 MP4 choices
+
+
+def video_file(seed: int, prompt: str, fmt: str) -> tuple[str, bytes]:
+    """What a VHS_VideoCombine node with `format` = `fmt` writes: (extension, bytes). An H.264 MP4
+    for the `video/*-mp4` formats (an animated WebP instead when PyAV is missing, so the emulator
+    still runs without it), a GIF for `image/gif`, else an animated WebP."""
+    if fmt in MP4_FORMATS and can_make_mp4():
+        return "mp4", video(seed, prompt)
+    if fmt == "image/gif":
+        return "gif", animation(seed, prompt, fmt="GIF")
+    return "webp", animation(seed, prompt)
+
+
+def save_node_format(workflow: dict[str, Any], node_id: str) -> str:
+    """The `format` input of the workflow's node `node_id` (a VHS_VideoCombine), or ''."""
+    node = workflow.get(node_id) if isinstance(workflow, dict) else None
+    inputs = node.get("inputs") if isinstance(node, dict) else None
+    fmt = inputs.get("format") if isinstance(inputs, dict) else None
+    return fmt if isinstance(fmt, str) else ""

@@ -1,4 +1,5 @@
-"""`Gallery`: a job's outputs as a grid of thumbnails with a lightbox, plus any text outputs."""
+"""`Gallery`: a job's outputs as a grid of thumbnails with a lightbox, inline players for video and
+audio, a download button per file and one for all, plus any text outputs."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from pathlib import PurePosixPath
+from io import BytesIO
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +22,7 @@ from ..loops import behind, on_loop_thread, spawn, submit
 from ..media import ANIMATED_EXT, Media
 from .assets import css, esm
 from .fallback import FONT, Snapshots, error_text, esc
-from .images import data_url, downscale, downscale_animation, frame_count
+from .images import data_url, dimensions, downscale, downscale_animation, frame_count, human_size
 
 log = logging.getLogger("runcomfy_nb")
 
@@ -28,25 +31,42 @@ ANIMATION_PX = 192
 READ_TIMEOUT = 60.0
 READ_CONCURRENCY = 4
 MAX_INLINE_BYTES = 256 * 1024 * 1024  # the most we pass to the browser for a full-size view
+# a video or audio file up to this size plays at once from a data URL in the widget's state (kept
+# when the notebook is saved); a larger one is fetched through the kernel when its play is clicked
+PLAY_INLINE_BYTES = 512 * 1024
+# the static view (no kernel, no widget) embeds a file for its download link up to this size only,
+# so a saved notebook stays small; a larger file links to where it was saved
+STATIC_INLINE_BYTES = 32 * 1024
 
-_cache: OrderedDict[tuple[str, str], tuple[str, bool]] = OrderedDict()
+_cache: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
 _cache_lock = threading.Lock()
 _CACHE_SIZE = 256
 
 
-def _cached(media: Media) -> tuple[str, bool] | None:
+def _cached_info(media: Media) -> dict[str, Any] | None:
+    """What a tile learnt of the file (see `describe`); may hold only a thumbnail (`_remember`)."""
     with _cache_lock:
-        thumb = _cache.get((media.url, media.filename))
-        if thumb is not None:
+        info = _cache.get((media.url, media.filename))
+        if info is not None:
             _cache.move_to_end((media.url, media.filename))
-        return thumb
+        return info
+
+
+def _remember_info(media: Media, info: dict[str, Any]) -> None:
+    with _cache_lock:
+        _cache[(media.url, media.filename)] = info
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+
+
+def _cached(media: Media) -> tuple[str, bool] | None:
+    """A cached thumbnail and whether it moves (shared with `SweepView`)."""
+    info = _cached_info(media)
+    return (info["thumb"], bool(info.get("animated"))) if info and info.get("thumb") else None
 
 
 def _remember(media: Media, thumb: tuple[str, bool]) -> None:
-    with _cache_lock:
-        _cache[(media.url, media.filename)] = thumb
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+    _remember_info(media, {**(_cached_info(media) or {}), "thumb": thumb[0], "animated": thumb[1]})
 
 
 def thumbnail(data: bytes) -> tuple[str, bool]:
@@ -58,9 +78,41 @@ def thumbnail(data: bytes) -> tuple[str, bool]:
 
 
 def _wants_thumbnail(media: Media) -> bool:
-    # real video and audio files are never downloaded for a tile: the browser plays them
+    # real video and audio files get no thumbnail: the browser plays them
     ext = PurePosixPath(media.filename.lower()).suffix
     return media.kind == "image" or (media.kind == "video" and ext in ANIMATED_EXT)
+
+
+def describe(media: Media, data: bytes) -> dict[str, Any]:
+    """What a tile shows of a file it read: size, width and height (0 when unknown), a thumbnail
+    (stills and animations), a playable data URL (small video and audio), and the bytes themselves
+    when small enough for the static view's download link (`_small`, never synced)."""
+    width, height = dimensions(data)
+    info: dict[str, Any] = {"size": len(data), "width": width, "height": height, "thumb": "",
+                            "animated": False, "src": "", "error": ""}
+    if _wants_thumbnail(media):
+        try:
+            info["thumb"], info["animated"] = thumbnail(data)
+        except Exception as exc:
+            log.debug("no thumbnail for %s", media.filename, exc_info=True)
+            info["error"] = f"no preview: {error_text(exc, 300)}"
+    elif media.kind in ("video", "audio") and len(data) <= PLAY_INLINE_BYTES:
+        info["src"] = data_url(data, media.mime)
+    if len(data) <= STATIC_INLINE_BYTES:
+        info["_small"] = data
+    return info
+
+
+def _synced(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in info.items() if not k.startswith("_")}
+
+
+def details(item: dict[str, Any]) -> str:
+    """'6.2 KB · 256×256' for a tile's caption ('' when nothing is known yet)."""
+    parts = [human_size(item["size"])] if item.get("size") else []
+    if item.get("width") and item.get("height"):
+        parts.append(f"{item['width']}×{item['height']}")
+    return " · ".join(parts)
 
 
 def _browser_url(media: Media) -> str:
@@ -83,7 +135,8 @@ def _browser_url(media: Media) -> str:
 class Gallery(Snapshots, anywidget.AnyWidget):
     """Media outputs as a grid of thumbnails (click for the full file), plus text outputs.
 
-    `labels`, one per media item, are shown under the file names (a sweep's parameters).
+    `labels`, one per media item, are shown under the file names (a sweep's parameters);
+    `paths`, one per item, where each was saved (the static view links a large file there).
     A file that cannot be read shows as a tile with the reason instead of raising.
     """
 
@@ -95,15 +148,21 @@ class Gallery(Snapshots, anywidget.AnyWidget):
     loading = t.Bool(False).tag(sync=True)
 
     def __init__(self, media: Iterable[Media] | Media = (), text: Iterable[str] = (),
-                 labels: Sequence[str] | None = None, **kwargs: Any) -> None:
+                 labels: Sequence[str] | None = None, paths: Sequence[str | Path | None] | None = None,
+                 **kwargs: Any) -> None:
         given = behind(media)
         items = [given] if isinstance(given, Media) else [behind(m) for m in given]
         if labels is not None and len(labels) != len(items):
             raise ValueError(f"Gallery got {len(labels)} labels for {len(items)} media items; "
                              "give one label per item.")
+        if paths is not None and len(paths) != len(items):
+            raise ValueError(f"Gallery got {len(paths)} paths for {len(items)} media items; "
+                             "give one path (or None) per item.")
         texts = [text] if isinstance(text, str) else [str(x) for x in text]
         super().__init__(texts=texts, **kwargs)
         self.media = items
+        self.paths = [str(x) if x else "" for x in paths] if paths is not None else [""] * len(items)
+        self._small: dict[int, bytes] = {}  # index -> bytes of a file small enough to embed
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_msg(self._on_msg)
         self._load([str(x) for x in labels] if labels is not None else [""] * len(items))
@@ -112,17 +171,17 @@ class Gallery(Snapshots, anywidget.AnyWidget):
     def _load(self, labels: list[str]) -> None:
         items = [
             {"filename": m.filename, "kind": m.kind, "mime": m.mime, "thumb": "", "url": _browser_url(m),
-             "label": label, "error": "", "animated": False}
+             "label": label, "error": "", "animated": False, "size": 0, "width": 0, "height": 0,
+             "src": ""}
             for m, label in zip(self.media, labels, strict=True)
         ]
         groups: dict[asyncio.AbstractEventLoop, list[int]] = {}
         for index, media in enumerate(self.media):
-            if not _wants_thumbnail(media):
-                continue
-            cached = _cached(media)
+            # every file is read once: its size, dimensions and a preview or player for its tile
+            cached = _cached_info(media)
             loop = getattr(media._fetcher, "loop", None)
-            if cached is not None:
-                items[index].update(thumb=cached[0], animated=cached[1])
+            if cached is not None and "size" in cached:  # a sweep's cache entry has no size
+                self._take(items, {index: cached})
             elif media._fetcher is None:
                 items[index]["error"] = "no client to download it with"
             elif not isinstance(loop, asyncio.AbstractEventLoop) or loop.is_closed() or (
@@ -146,7 +205,7 @@ class Gallery(Snapshots, anywidget.AnyWidget):
             except concurrent.futures.TimeoutError:
                 future.cancel()
                 results = [TimeoutError(f"no reply within {READ_TIMEOUT:g} s")] * len(indices)
-            self._merge(items, self._thumbnails(indices, results))
+            self._take(items, self._thumbnails(indices, results))
         self.items = items
         self.loading = bool(self._tasks)
 
@@ -166,20 +225,16 @@ class Gallery(Snapshots, anywidget.AnyWidget):
             if isinstance(result, BaseException):
                 found[index] = {"error": f"could not load: {error_text(result, 300)}"}
                 continue
-            try:
-                thumb = thumbnail(result)
-            except Exception as exc:
-                log.debug("no thumbnail for %s", self.media[index].filename, exc_info=True)
-                found[index] = {"error": f"no preview: {error_text(exc, 300)}"}
-                continue
-            _remember(self.media[index], thumb)
-            found[index] = {"thumb": thumb[0], "animated": thumb[1]}
+            found[index] = describe(self.media[index], result)
+            if not found[index]["error"]:
+                _remember_info(self.media[index], found[index])
         return found
 
-    @staticmethod
-    def _merge(items: list[dict[str, Any]], found: dict[int, dict[str, Any]]) -> None:
+    def _take(self, items: list[dict[str, Any]], found: dict[int, dict[str, Any]]) -> None:
         for index, values in found.items():
-            items[index].update(values)
+            items[index].update(_synced(values))
+            if "_small" in values:
+                self._small[index] = values["_small"]
 
     async def _fill_later(self, indices: list[int]) -> None:
         try:
@@ -188,40 +243,97 @@ class Gallery(Snapshots, anywidget.AnyWidget):
         except Exception as exc:
             found = {i: {"error": f"could not load: {error_text(exc, 300)}"} for i in indices}
         items = [dict(item) for item in self.items]
-        self._merge(items, found)
+        self._take(items, found)
         self._apply_changes({"items": items, "loading": len(self._tasks) > 1}, settled=True)
 
-    # -- full-size files for the lightbox, through the kernel --
+    # -- full-size files (lightbox, players, downloads), through the kernel --
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        if not isinstance(content, dict) or content.get("type") != "fetch":
-            return
-        index = content.get("index")
-        if not isinstance(index, int) or not 0 <= index < len(self.media):
-            return
-        media = self.media[index]
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "fetch":
+            index = content.get("index")
+            if isinstance(index, int) and 0 <= index < len(self.media):
+                self._send_file(index)
+        elif kind == "fetch_all" and self.media:
+            self._send_zip()
+
+    def _client_loop(self, media: Media) -> asyncio.AbstractEventLoop | None:
         loop = getattr(media._fetcher, "loop", None)
         if media._fetcher is None or not isinstance(loop, asyncio.AbstractEventLoop) or (
                 loop.is_closed() or not loop.is_running()):
-            self.send({"type": "file", "index": index, "error": "the file's client is not available"})
-            return
+            return None
+        return loop
 
-        def reply(future: Any) -> None:
-            if future.cancelled():
-                error = "cancelled"
-            elif future.exception() is not None:
-                error = error_text(future.exception(), 300)
-            elif len(future.result()) > MAX_INLINE_BYTES:
-                error = "too large to show here; save it instead"
-            else:
-                self.send({"type": "file", "index": index, "mime": media.mime}, [future.result()])
-                return
-            self.send({"type": "file", "index": index, "error": error})
-
-        started = spawn(loop, media.read())
+    def _start(self, loop: asyncio.AbstractEventLoop, work: Any, reply: Any) -> None:
+        started = spawn(loop, work)
         if isinstance(started, asyncio.Task):
             self._tasks.add(started)
             started.add_done_callback(self._tasks.discard)
         started.add_done_callback(reply)
+
+    @staticmethod
+    def _failure(future: Any) -> str:
+        if future.cancelled():
+            return "cancelled"
+        if future.exception() is not None:
+            return error_text(future.exception(), 300)
+        if len(future.result()) > MAX_INLINE_BYTES:
+            return "too large to pass to the browser; save it instead"
+        return ""
+
+    def _send_file(self, index: int) -> None:
+        media = self.media[index]
+        loop = self._client_loop(media)
+        if loop is None:
+            self.send({"type": "file", "index": index, "error": "the file's client is not available"})
+            return
+
+        def reply(future: Any) -> None:
+            error = self._failure(future)
+            if error:
+                self.send({"type": "file", "index": index, "error": error})
+                return
+            data = future.result()
+            self.send({"type": "file", "index": index, "mime": media.mime}, [data])
+            self._learn(index, data)
+
+        self._start(loop, media.read(), reply)
+
+    def _learn(self, index: int, data: bytes) -> None:
+        # a file read for the browser (a video's play, a download) fills in its tile's size and
+        # dimensions, and a small one's player, for the views saved with the notebook
+        if index >= len(self.items) or self.items[index].get("size"):
+            return
+        info = describe(self.media[index], data)
+        del info["thumb"], info["animated"]  # the tile's own preview stays
+        if not self.items[index]["error"].startswith("could not load"):
+            del info["error"]  # a preview's error stays; a failed read is now undone
+        items = [dict(item) for item in self.items]
+        self._take(items, {index: info})
+        self._apply_changes({"items": items}, settled=True)
+
+    def _send_zip(self) -> None:
+        loop = self._client_loop(self.media[0])
+        if loop is None or any(self._client_loop(m) is not loop for m in self.media):
+            self.send({"type": "zip", "error": "the files' client is not available"})
+            return
+
+        async def pack() -> bytes:
+            contents = await self._read(list(range(len(self.media))))
+            for result in contents:
+                if isinstance(result, BaseException):
+                    raise result
+            return await asyncio.to_thread(zipped, [m.filename for m in self.media],
+                                           [c for c in contents if isinstance(c, bytes)])
+
+        def reply(future: Any) -> None:
+            error = self._failure(future)
+            if error:
+                self.send({"type": "zip", "error": error})
+            else:
+                self.send({"type": "zip", "name": "outputs.zip", "mime": "application/zip"},
+                          [future.result()])
+
+        self._start(loop, pack(), reply)
 
     # -- fallbacks --
     def __repr__(self) -> str:
@@ -236,23 +348,43 @@ class Gallery(Snapshots, anywidget.AnyWidget):
             lines.append(f'  "{text if len(text) <= 200 else text[:199] + "…"}"')
         return "\n".join(lines)
 
+    def _download_link(self, index: int, item: dict[str, Any]) -> str:
+        small = self._small.get(index)
+        if small is not None:
+            href = data_url(small, item["mime"])
+            return (f'<a download="{esc(item["filename"])}" href="{href}" '
+                    'style="color:#2563eb">⬇ download</a>')
+        if self.paths[index]:
+            return f'<span style="color:#6b7280">saved: {esc(self.paths[index])}</span>'
+        return ""
+
+    def _visual(self, item: dict[str, Any]) -> str:
+        if item["thumb"]:
+            return (f'<img src="{item["thumb"]}" alt="{esc(item["filename"])}" '
+                    'style="display:block;max-width:192px;max-height:192px;border-radius:4px">')
+        if item.get("src") and item["size"] <= STATIC_INLINE_BYTES and item["kind"] in ("video", "audio"):
+            tag = item["kind"]
+            return (f'<{tag} controls preload="metadata" src="{item["src"]}" '
+                    f'style="display:block;width:192px"></{tag}>')
+        icon = {"video": "▶ video", "audio": "♪ audio", "image": "image"}.get(item["kind"], "file")
+        return ('<div style="width:192px;height:108px;display:flex;align-items:center;'
+                'justify-content:center;background:#374151;color:#f9fafb;border-radius:4px">'
+                f"{icon}</div>")
+
     def _html(self) -> str:
         tiles = []
-        for item in self.items:
-            if item["thumb"]:
-                visual = (f'<img src="{item["thumb"]}" alt="{esc(item["filename"])}" '
-                          'style="display:block;max-width:192px;max-height:192px;border-radius:4px">')
-            else:
-                icon = {"video": "▶ video", "audio": "♪ audio", "image": "image"}.get(item["kind"], "file")
-                visual = ('<div style="width:192px;height:108px;display:flex;align-items:center;'
-                          'justify-content:center;background:#374151;color:#f9fafb;border-radius:4px">'
-                          f"{icon}</div>")
+        for index, item in enumerate(self.items):
             caption = f'<div style="word-break:break-all">{esc(item["filename"])}</div>'
+            if details(item):
+                caption += f'<div style="color:#6b7280">{esc(details(item))}</div>'
             if item["label"]:
                 caption += f'<div style="color:#6b7280">{esc(item["label"])}</div>'
             if item["error"]:
                 caption += f'<div style="color:#dc2626">{esc(item["error"])}</div>'
-            tiles.append(f'<figure style="margin:0;width:192px">{visual}'
+            link = self._download_link(index, item)
+            if link:
+                caption += f"<div>{link}</div>"
+            tiles.append(f'<figure style="margin:0;width:192px">{self._visual(item)}'
                          f'<figcaption style="font-size:12px">{caption}</figcaption></figure>')
         parts = [f'<div class="runcomfy-gallery" style="{FONT}">']
         if tiles:
@@ -262,3 +394,19 @@ class Gallery(Snapshots, anywidget.AnyWidget):
             parts.append(f'<ul style="padding-left:18px">{quoted}</ul>')
         parts.append("</div>")
         return "".join(parts)
+
+
+def zipped(names: list[str], contents: list[bytes]) -> bytes:
+    """One ZIP of the files, each under its own name (`name (2).ext` for a repeated one); media is
+    already compressed, so stored as it is."""
+    out, seen = BytesIO(), set()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in zip(names, contents, strict=True):
+            stem, dot, ext = name.rpartition(".") if "." in name else (name, "", "")
+            unique, n = name, 1
+            while unique in seen:
+                n += 1
+                unique = f"{stem} ({n}){dot}{ext}"
+            seen.add(unique)
+            archive.writestr(unique, data)
+    return out.getvalue()

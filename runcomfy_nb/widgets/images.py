@@ -76,3 +76,62 @@ def downscale_animation(data: bytes, max_px: int, *, max_frames: int = 60, quali
     frames[0].save(out, "WEBP", save_all=True, append_images=frames[1:], duration=durations, loop=0,
                    quality=quality)
     return out.getvalue()
+
+
+def _boxes(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
+    """The ISO-BMFF boxes in data[start:end]: (type, payload start, box end)."""
+    found = []
+    while start + 8 <= end:
+        size, kind = int.from_bytes(data[start:start + 4], "big"), data[start + 4:start + 8]
+        header = 8
+        if size == 1 and start + 16 <= end:  # a 64-bit size follows the type
+            size, header = int.from_bytes(data[start + 8:start + 16], "big"), 16
+        elif size == 0:  # to the end of the file
+            size = end - start
+        if size < header or start + size > end:
+            break
+        found.append((kind, start + header, start + size))
+        start += size
+    return found
+
+
+def mp4_size(data: bytes) -> tuple[int, int]:
+    """Width and height of an MP4/MOV's first visual track (its `tkhd`), or (0, 0)."""
+    for kind, begin, end in _boxes(data, 0, len(data)):
+        if kind != b"moov":
+            continue
+        for trak, t_begin, t_end in _boxes(data, begin, end):
+            if trak != b"trak":
+                continue
+            for box, b_begin, b_end in _boxes(data, t_begin, t_end):
+                # width and height are 16.16 fixed point at the end of tkhd (76 bytes in, 88 in v1)
+                at = b_begin + (88 if data[b_begin:b_begin + 1] == b"\x01" else 76)
+                if box == b"tkhd" and at + 8 <= b_end:
+                    width = int.from_bytes(data[at:at + 4], "big") >> 16
+                    height = int.from_bytes(data[at + 4:at + 8], "big") >> 16
+                    if width and height:
+                        return width, height
+    return 0, 0
+
+
+def dimensions(data: bytes) -> tuple[int, int]:
+    """Width and height of an image, an animation or an MP4/MOV video; (0, 0) when unknown."""
+    if data[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide"):
+        return mp4_size(data)
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # not a picture Pillow reads (audio, text, a format it lacks): no size
+        return 0, 0
+
+
+def human_size(count: int) -> str:
+    """A byte count as people read it: 812 B, 6.1 KB, 3.4 MB, 1.2 GB."""
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"

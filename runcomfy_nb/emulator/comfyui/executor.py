@@ -281,12 +281,12 @@ class ComfyUI(Server):
     def _save_video(self, params: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
         kind = "output" if inputs.get("save_output", True) else "temp"
         fmt = str(inputs.get("format", "image/webp"))
-        ext = "gif" if fmt == "image/gif" else "webp"
+        ext, data = synth.video_file(params["seed"], params["prompt"], fmt)
         prefix = str(inputs.get("filename_prefix", "AnimateDiff"))
         subfolder, filename, counter = self._save_path(prefix, kind)
         name = f"{filename}_{counter:05}.{ext}"
         path = posixpath.join(subfolder, name)
-        self.files[(kind, path)] = synth.animation(params["seed"], params["prompt"], fmt=ext.upper())
+        self.files[(kind, path)] = data
         self.files[(kind, posixpath.join(subfolder, f"{filename}_{counter:05}.png"))] = synth.image(
             params["seed"], params["prompt"], 256, 256)
         return {"filename": name, "subfolder": subfolder, "type": kind, "format": fmt,

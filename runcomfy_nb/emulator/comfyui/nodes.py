@@ -140,7 +140,7 @@ def node_schemas(checkpoints: list[str], input_images: list[str]) -> dict[str, d
                "frame_rate": ["FLOAT", {"default": 8, "min": 1, "step": 1}],
                "loop_count": ["INT", {"default": 0, "min": 0, "max": 100, "step": 1}],
                "filename_prefix": ["STRING", {"default": "AnimateDiff"}],
-               "format": [["image/gif", "image/webp"], {}],
+               "format": [["image/gif", "image/webp", "video/h264-mp4", "video/nvenc_h264-mp4"], {}],
                "pingpong": ["BOOLEAN", {"default": False}],
                "save_output": ["BOOLEAN", {"default": True}]},
               ["VHS_FILENAMES"], category="Video Helper Suite 🎥🅥🅗🅢", display="Video Combine 🎥🅥🅗🅢",

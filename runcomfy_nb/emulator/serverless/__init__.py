@@ -37,7 +37,9 @@ Default deployments (deployments.json; workflows from its "presets"):
   (negative), 31 KSampler (seed, steps, cfg, sampler_name, scheduler, denoise + links), 8 VAEDecode,
   9 SaveImage. Outputs: node 9 `images` (two PNGs) and text node `38:42` (a caption). 4 s, 1 instance.
 - `dep-animate` — ComfyUI, preset "video": 4, 6, 31 (seed 7), 40 EmptyHunyuanLatentVideo, 8,
-  12 VHS_VideoCombine. Output: node 12 `gifs` with one animated WebP (24 frames, 256×256). 5 s.
+  12 VHS_VideoCombine (format video/h264-mp4). Output: node 12 `gifs` with one H.264 MP4
+  `ComfyUI_00001.mp4` (24 frames at 12 fps, 256×256, ~6 KB; an animated WebP when PyAV is
+  missing or the override asks for image/webp). 5 s.
 - `dep-lora-portrait` — LoRA: flat body (`prompt` required, `ctrl_img_1` image_uri, `width`,
   `height`, `guidance_scale`, `sample_steps`, `network_multiplier`, `neg`, `seed`, `sampler` enum,
   `num_frames`, `fps`); result `output: {"images": [url, url]}`; cancellable only while queued. 4 s.

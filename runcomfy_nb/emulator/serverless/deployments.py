@@ -250,8 +250,11 @@ class Serverless:
             return {"images": urls}, files
         params = synth.workflow_params(request.workflow or {})
         if dep.get("preset") == "video":
-            data = synth.animation(params["seed"], params["prompt"])
-            video = item("ComfyUI_00001_.webp", data, format="image/webp", frame_rate=12)
+            # what VHS_VideoCombine writes for the node's `format`: the preset asks for an MP4
+            fmt = synth.save_node_format(request.workflow or {}, params["save_node"]) or "image/webp"
+            ext, data = synth.video_file(params["seed"], params["prompt"], fmt)
+            video = item(f"ComfyUI_00001.{ext}", data, format=fmt if ext == "mp4" else f"image/{ext}",
+                         frame_rate=12)
             return {params["save_node"]: {"gifs": [video]}}, files
         images = [item(f"ComfyUI_{n + 1:05d}_.png", synth.image(params["seed"], params["prompt"],
                                                                 params["width"], params["height"], n))
