@@ -29,13 +29,20 @@ class Queued(Event):
 
 @dataclass(frozen=True)
 class Started(Event):
-    pass
+    """The job left the queue; `phase` names a first phase the backend can tell (e.g. "cold start")."""
+
+    phase: str = ""
 
 
 @dataclass(frozen=True)
 class NodeStarted(Event):
+    """A node began; `done` and `total` count the graph's nodes finished so far (executed or
+    cached) and in all, where the backend knows them (ComfyUI)."""
+
     node: str
     title: str = ""
+    done: int | None = None
+    total: int | None = None
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from typing import Any
 import anywidget
 import traitlets as t
 
-from ..errors import JobCancelled
-from ..events import Event, Failed, Finished, NodeStarted, Output, Preview, Progress, Queued, Started
+from ..events import Event, Failed, Finished, Preview
 from ..jobs import Job
 from ..loops import behind, call, spawn
+from ..progress_state import TERMINAL as _TERMINAL
+from ..progress_state import ProgressState, position_text, rate_text
 from ..timefmt import format_duration
 from .assets import css, esm
 from .fallback import FONT, Snapshots, error_text, esc, short_id
@@ -27,7 +28,11 @@ log = logging.getLogger("runcomfy_nb")
 PREVIEW_PX = 256
 _COLORS = {"queued": "#6b7280", "running": "#2563eb", "succeeded": "#16a34a", "failed": "#dc2626",
            "cancelled": "#9ca3af"}
-_TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def queue_text(state: ProgressState) -> str:
+    """"next in queue", "2nd in queue", ... while queued; else empty."""
+    return position_text(state.position) if state.status == "queued" else ""
 
 
 class JobProgress(Snapshots, anywidget.AnyWidget):
@@ -59,6 +64,12 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
     finished_at = t.Float(None, allow_none=True).tag(sync=True)
     cancelling = t.Bool(False).tag(sync=True)
     notice = t.Unicode("").tag(sync=True)
+    # the one fraction (never backwards), queue position as people count it, rate, ETA, phase
+    fraction = t.Float(None, allow_none=True).tag(sync=True)
+    queue_text = t.Unicode("").tag(sync=True)
+    rate = t.Unicode("").tag(sync=True)
+    eta = t.Float(None, allow_none=True).tag(sync=True)
+    phase = t.Unicode("").tag(sync=True)
 
     def __init__(self, job: Job, **kwargs: Any) -> None:
         job = behind(job)
@@ -66,8 +77,7 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
                          submitted_at=job.submitted_at, **kwargs)
         self.job = job
         self._status = job.status.value
-        self._nodes: list[str] = []
-        self._outputs = 0
+        self._state = ProgressState(kind=job.kind, submitted_at=job.submitted_at)
         self._cancel: concurrent.futures.Future[bool] | asyncio.Future[bool] | None = None
         self._throttle = Throttle(self._apply, job.loop)
         self.on_msg(self._on_msg)
@@ -97,47 +107,22 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
 
     # -- events → traits --
     def _on_event(self, job: Job, event: Event) -> None:
-        changes: dict[str, Any] = {}
+        state = self._state
+        lifecycle = state.feed(event, job)
+        changes: dict[str, Any] = {
+            "status": state.status, "position": state.position, "queue_text": queue_text(state),
+            "node": state.node, "node_title": state.node_title, "step": state.step, "steps": state.steps,
+            "nodes_done": state.nodes_done, "nodes_total": state.nodes_total, "outputs": state.outputs,
+            "fraction": state.fraction, "rate": rate_text(state.rate), "eta": state.eta(),
+            "phase": state.phase, "started_at": state.started_at, "finished_at": state.finished_at,
+        }
         match event:
-            case Queued(position=position):
-                changes.update(status="queued", position=position)
-            case Started():
-                changes.update(status="running", position=None, started_at=event.at)
-            case NodeStarted(node=node, title=title):
-                changes.update(self._node_started(node, title or node))
-            case Progress(value=value, max=maximum, node=node):
-                if node and (not self._nodes or node != self._nodes[-1]):
-                    changes.update(self._node_started(node, node))
-                changes.update(step=float(value), steps=float(maximum))
             case Preview(data=data, mime=mime):
                 changes["_preview"] = (data, mime)  # decoded at flush: only the latest one
-            case Output():
-                self._outputs += 1
-                changes["outputs"] = self._outputs
-            case Finished(result=result):
-                total = getattr(job, "nodes_total", None) or self.nodes_total
-                changes.update(status="succeeded", finished_at=event.at, cancelling=False,
-                               outputs=max(self._outputs, len(result.media)),
-                               nodes_done=total or len(self._nodes), position=None)
-            case Failed(error=error):
-                cancelled = isinstance(error, JobCancelled)
-                changes.update(status="cancelled" if cancelled else "failed", finished_at=event.at,
-                               error="" if cancelled else error_text(error), cancelling=False,
-                               position=None)
-        status = changes.get("status", self._status)
-        lifecycle = status != self._status
-        self._status = status
-        self._throttle.update(changes, now=lifecycle or status in _TERMINAL)
-
-    def _node_started(self, node: str, title: str) -> dict[str, Any]:
-        if node not in self._nodes:
-            self._nodes.append(node)
-        changes: dict[str, Any] = {"node": node, "node_title": title, "step": None, "steps": None,
-                                   "nodes_done": max(0, len(self._nodes) - 1)}
-        total = getattr(self.job, "nodes_total", None)
-        if isinstance(total, int):
-            changes["nodes_total"] = total
-        return changes
+            case Finished() | Failed():
+                changes.update(cancelling=False, error=error_text(state.error) if state.error else "")
+        self._status = state.status
+        self._throttle.update(changes, now=lifecycle or state.terminal)
 
     def _apply(self, changes: dict[str, Any]) -> None:
         preview = changes.pop("_preview", None)
@@ -182,26 +167,10 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
         return end - self.submitted_at
 
     def _fraction(self) -> float | None:
-        if self.status == "succeeded":
-            return 1.0
-        if self.steps:
-            return min(1.0, max(0.0, (self.step or 0.0) / self.steps))
-        if self.nodes_total:
-            return min(1.0, self.nodes_done / self.nodes_total)
-        return None
+        return 1.0 if self.status == "succeeded" else self.fraction
 
     def _summary(self) -> str:
-        elapsed = format_duration(self._elapsed())
-        if self.status == "queued":
-            where = f" (position {self.position})" if self.position is not None else ""
-            return f"queued{where} for {elapsed}"
-        if self.status == "running":
-            fraction = self._fraction()
-            share = f" {fraction:.0%}" if fraction is not None else ""
-            return f"running{share} for {elapsed}"
-        if self.status == "succeeded":
-            return f"succeeded in {elapsed}"
-        return f"{self.status} after {elapsed}"
+        return self._state.summary(time.time())
 
     def _name(self) -> str:
         name = self.label if self.label and self.label != self.job_id else self.kind
@@ -216,13 +185,7 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
         width = 0.0 if fraction is None else fraction * 100
         bar_color = color if self.status != "queued" else "#9ca3af"
         details = []
-        if self.status == "queued" and self.position is not None:
-            details.append(f"queue position {self.position}")
-        if self.node_title and self.status == "running":
-            step = f" · step {self.step:g}/{self.steps:g}" if self.steps else ""
-            details.append(f"{esc(self.node_title)}{step}")
-        if self.nodes_total:
-            details.append(f"nodes {self.nodes_done}/{self.nodes_total}")
+        details += [esc(part) for part in self._state.details()]
         if self.outputs:
             details.append(f"{self.outputs} output{'s' if self.outputs != 1 else ''}")
         parts = [

@@ -179,7 +179,7 @@ class Frames:
             self.mark_done(self.current)
         self.current = node
         self.count()
-        self._job().emit(NodeStarted(node, self._title(node)))
+        self._job().emit(NodeStarted(node, self._title(node), done=len(self._done), total=len(self.nodes)))
 
     def _progress(self, node: Any, value: Any, maximum: Any) -> None:
         if not isinstance(value, (int, float)) or not isinstance(maximum, (int, float)):
