@@ -7,7 +7,7 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const TRAITS = [
   "kind", "job_id", "label", "status", "position", "step", "steps", "node", "node_title",
   "nodes_done", "nodes_total", "preview", "error", "outputs", "submitted_at", "started_at",
-  "finished_at", "cancelling", "notice",
+  "finished_at", "cancelling", "notice", "fraction", "queue_text", "rate", "eta", "phase",
 ];
 
 function num(x) {
@@ -54,13 +54,15 @@ function render({ model, el }) {
     return end - start;
   }
 
+  // Python's one fraction per job (nodes done incl. cached + the running node's steps); it never
+  // goes back, and neither does the bar: a late or replayed lower value is not shown
+  let best = 0;
   function fraction(status) {
     if (status === "succeeded") return 1;
-    const steps = get("steps");
-    if (steps) return Math.min(1, Math.max(0, (get("step") || 0) / steps));
-    const total = get("nodes_total");
-    if (total) return Math.min(1, (get("nodes_done") || 0) / total);
-    return null;
+    const f = get("fraction");
+    if (f == null) return null;
+    best = Math.max(best, Math.min(1, Math.max(0, f)));
+    return best;
   }
 
   function tick() {
@@ -89,16 +91,23 @@ function render({ model, el }) {
     }
 
     const parts = [];
-    const position = get("position");
-    if (status === "queued") parts.push(position != null ? `position ${position} in queue` : "waiting in queue");
+    if (status === "queued") parts.push(get("queue_text") || "waiting in queue");
     if (status === "running") {
+      const phase = get("phase");
+      if (phase) parts.push(phase);
       const nodeTitle = get("node_title");
       const steps = get("steps");
       if (nodeTitle) parts.push(nodeTitle);
       if (steps) parts.push(`step ${num(get("step") || 0)}/${num(steps)}`);
     }
     const total = get("nodes_total");
-    if (total) parts.push(`nodes ${get("nodes_done") || 0}/${total}`);
+    if (total && status !== "queued") parts.push(`nodes ${get("nodes_done") || 0}/${total}`);
+    if (status === "running") {
+      const rate = get("rate");
+      if (rate) parts.push(rate);
+      const eta = get("eta");
+      if (eta != null) parts.push(`ETA ${formatDuration(eta)}`);
+    }
     details.textContent = parts.join(" · ");
     details.hidden = parts.length === 0;
 
