@@ -13,8 +13,8 @@ def test_every_test_named_in_the_guarantees_exists() -> None:
     missing = []
     for line in (ROOT / "docs" / "guarantees.md").read_text().splitlines():
         current = None
-        for ref in re.findall(r"`(tests/[\w/]+\.py)?(?:::(test_\w+))?`", line):
-            path, name = ref
+        for ref in re.findall(r"`(tests/[\w/]+\.py)?(?:::(test_\w+)(?:\[(\w+)\])?)?`", line):
+            path, name, row = ref
             if path:
                 current = ROOT / path
                 if not current.is_file():
@@ -23,6 +23,8 @@ def test_every_test_named_in_the_guarantees_exists() -> None:
             if name and (current is None
                          or not re.search(rf"^(async )?def {name}\(", current.read_text(), re.M)):
                 missing.append(f"{current}::{name}")
+            elif row and current is not None and f'"{row}"' not in current.read_text():
+                missing.append(f"{current}::{name}[{row}]")  # a parametrised case by its id
     assert not missing
 
 
