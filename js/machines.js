@@ -1,6 +1,9 @@
 // MachinePanel: the machines launched from this kernel. Python sends rows when something changes
 // (batched, ≤ ~10 syncs/s); uptime, estimated cost and time left tick here, once a second, from
-// ready_at / ended_at / stopping_at, so Python sends nothing per second.
+// ready_at / ended_at / stopping_at, so Python sends nothing per second. Those are the server's
+// times, so the ticking is on the server's clock: each row carries clock_now (the server's now
+// when Python sent it) and clock_rate (its seconds per our second: 60 under an emulator at speed
+// 60), never this browser's own clock, which may be off or run at another pace.
 
 import { button, element, formatDuration, money } from "./shared.js";
 
@@ -11,6 +14,12 @@ const BUSY = { stop: "stopping…", extend: "extending…" };
 const CONFIRM_MS = 4000; // a Stop asks once more, for this long
 
 const span = (seconds) => formatDuration(seconds, { whole: true });
+
+// the server's now for a row received at `receivedAt` (our epoch seconds), at our `ours`
+export function serverNow(row, receivedAt, ours) {
+  if (row.clock_now == null) return ours;
+  return row.clock_now + (ours - receivedAt) * (row.clock_rate ?? 1);
+}
 
 // (uptime, estimated cost, time left) of a row at `now` (epoch seconds); as the Python fallback
 export function figures(row, now) {
@@ -96,7 +105,7 @@ function render({ model, el }) {
     noteCell.append(error, warning);
     noteRow.append(noteCell);
 
-    const view = { tr, noteRow, cells, short, kept, badge, stop, extend, error, warning, row: null };
+    const view = { tr, noteRow, cells, short, kept, badge, stop, extend, error, warning, row: null, receivedAt: 0 };
     stop.addEventListener("click", () => onClick(view, "stop"));
     extend.addEventListener("click", () => onClick(view, "extend"));
     return view;
@@ -123,6 +132,7 @@ function render({ model, el }) {
   }
 
   function fill(view, row) {
+    if (view.row !== row) view.receivedAt = Date.now() / 1000;
     view.row = row;
     const state = STATES.includes(row.state) ? row.state : "starting";
     view.tr.dataset.state = state;
@@ -153,16 +163,16 @@ function render({ model, el }) {
     tickRow(view, Date.now() / 1000);
   }
 
-  function tickRow(view, now) {
-    const { uptime, cost, left } = figures(view.row, now);
+  function tickRow(view, ours) {
+    const { uptime, cost, left } = figures(view.row, serverNow(view.row, view.receivedAt, ours));
     view.cells.uptime.textContent = uptime;
     view.cells.cost.textContent = cost;
     view.cells.left.textContent = left;
   }
 
   function tick() {
-    const now = Date.now() / 1000;
-    for (const view of views.values()) tickRow(view, now);
+    const ours = Date.now() / 1000;
+    for (const view of views.values()) tickRow(view, ours);
   }
 
   function update() {

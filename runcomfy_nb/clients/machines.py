@@ -13,7 +13,8 @@ import builtins
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -101,11 +102,28 @@ class MachineInfo:
     ready_at: float | None = None
     stopping_at: float | None = None
     workflow_version_id: str | None = None
+    # the server's clock when it answered (its `Date` header), and this process's `time.time()`
+    # then: uptime and time left are measured on the server's clock (the emulator's runs faster)
+    server_now: float | None = field(default=None, compare=False)
+    seen_at: float | None = field(default=None, compare=False)
+
+    def updated_by(self, newer: MachineInfo) -> MachineInfo:
+        """`newer`, with what it does not say kept from this reply: a gone machine answers 404
+        with nothing but its id, yet it still had its type, times and workflow."""
+        kept = {name: getattr(self, name) for name in
+                ("server_type", "estimated_duration", "ready_at", "stopping_at", "workflow_version_id")
+                if getattr(newer, name) in (None, "") and getattr(self, name) not in (None, "")}
+        if newer.server_now is None and self.server_now is not None:
+            kept.update(server_now=self.server_now, seen_at=self.seen_at)
+        return replace(newer, **kept) if kept else newer
 
     @classmethod
-    def from_reply(cls, reply: dict[str, Any]) -> MachineInfo:
+    def from_reply(cls, reply: dict[str, Any], date: str | None = None) -> MachineInfo:
+        """The machine of a status reply; `date`, the reply's `Date` header, gives the server's
+        clock (`server_now`, with `seen_at` this process's clock at the same moment)."""
         raw = str(reply.get("current_status") or "")
         url = reply.get("main_service_url")
+        server_now = _http_date(date)
         return cls(
             server_id=str(reply.get("server_id")), state=_STATES.get(raw.lower(), "starting"),
             raw_status=raw, server_type=str(reply.get("server_type") or ""),
@@ -114,7 +132,18 @@ class MachineInfo:
             ready_at=parse_timestamp(reply.get("service_ready_at")),
             stopping_at=parse_timestamp(reply.get("estimated_stopping_at")),
             workflow_version_id=reply.get("workflow_version_id"),
+            server_now=server_now, seen_at=time.time() if server_now is not None else None,
         )
+
+
+def _http_date(value: str | None) -> float | None:
+    """An HTTP `Date` header as epoch seconds, or None."""
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 class Machines:

@@ -39,6 +39,41 @@ def _money(value: float) -> str:
     return f"${value:,.2f}"
 
 
+class ServerClock:
+    """The server's clock as its replies show it (`MachineInfo.server_now`, from the `Date`
+    header, against `seen_at`, ours then): its offset from ours and its rate, which differs from 1
+    under the emulator's faster virtual clock. Until a reply carries a date, it is our own clock."""
+
+    MIN_SPAN = 2.0  # our seconds between two dates before a rate is measured (dates are whole seconds)
+
+    def __init__(self) -> None:
+        self.first: tuple[float, float] | None = None  # (ours, theirs)
+        self.last: tuple[float, float] | None = None
+        self.rate = 1.0
+
+    def observe(self, info: Any) -> None:
+        ours, theirs = getattr(info, "seen_at", None), getattr(info, "server_now", None)
+        if not isinstance(ours, (int, float)) or not isinstance(theirs, (int, float)):
+            return
+        if self.last is not None and ours <= self.last[0]:
+            return  # an older reply (kept fields): nothing new about the clock
+        self.first = self.first or (ours, theirs)
+        self.last = (ours, theirs)
+        span = ours - self.first[0]
+        if span >= self.MIN_SPAN:
+            rate = (theirs - self.first[1]) / span
+            # a date has 1 s resolution: a rate within that of 1 is our own clock's
+            self.rate = 1.0 if abs(rate - 1.0) <= 1.5 / span else max(rate, 0.0)
+
+    def now(self, ours: float | None = None) -> float:
+        """The server's time at our `ours` (default: now)."""
+        ours = time.time() if ours is None else ours
+        if self.last is None:
+            return ours
+        # a Date header is truncated to the second: the server's now is on average half a second on
+        return self.last[1] + 0.5 * min(self.rate, 1.0) + (ours - self.last[0]) * self.rate
+
+
 class MachinePanel(Snapshots, anywidget.AnyWidget):
     """The machines launched from this kernel (`machines.launched`, also those launched after the
     panel was made) and any in `include` (`Machine`s, or `MachineInfo`s from `machines.list()`):
@@ -73,6 +108,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
         self._actions: set[asyncio.Task[Any]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.clock = ServerClock()
         self._throttle = Throttle(self._apply, self.loop)
         self.on_msg(self._on_msg)
         call(self._start, self.loop)
@@ -115,7 +151,14 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
             if self._objects.get(server_id) is not machine:
                 added = True
                 self._objects[server_id] = machine
-                self._rows[server_id] = self._merge(self._rows.get(server_id), machine.info)
+                self.clock.observe(machine.info)
+                row = self._merge(self._rows.get(server_id), machine.info)
+                # what the Machine kept past its last reply (a 404 after a stop says only the id)
+                for name in ("ready_at", "ended_at"):
+                    kept = getattr(machine, name, None)
+                    if row[name] is None and isinstance(kept, (int, float)):
+                        row[name] = kept
+                self._rows[server_id] = row
         if added:
             self._rows = {i: self._rows[i] for i in self._objects}
             self._publish(now=True, settled=True)
@@ -143,7 +186,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
         if info.state not in _ENDED:
             row["ended_at"] = None
         elif row["ended_at"] is None and row["ready_at"] is not None:
-            end = ended_at if ended_at is not None else time.time()
+            end = ended_at if ended_at is not None else self.clock.now()
             if row["stopping_at"] is not None and info.state != "stopping":  # it may have stopped itself
                 end = min(end, row["stopping_at"])
             row["ended_at"] = max(end, row["ready_at"])
@@ -174,6 +217,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
                 _LAST_REFRESH[machine] = time.monotonic()
                 try:
                     info = await machine.refresh()
+                    self.clock.observe(info)
                 except Exception as exc:
                     info = machine.info
                     warning = f"could not refresh: {self._scrub(error_text(exc))}"
@@ -200,7 +244,10 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
         self._publish(now=now or lifecycle, settled=old is None or old["state"] != row["state"])
 
     def _publish(self, *, now: bool = False, settled: bool = False) -> None:
-        changes: dict[str, Any] = {"rows": [dict(r) for r in self._rows.values()]}
+        # each row carries the server's clock at this moment and its rate, so the browser ticks
+        # uptime and time left on the server's clock, not its own
+        clock = {"clock_now": self.clock.now(), "clock_rate": self.clock.rate}
+        changes: dict[str, Any] = {"rows": [{**r, **clock} for r in self._rows.values()]}
         if settled:
             changes["_settled"] = True
         self._throttle.update(changes, now=now)
@@ -242,9 +289,11 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
             async with self._lock(machine.id):
                 if kind == "stop":
                     info = await machine.stop()
-                    ended_at = time.time()  # billing ends when the DELETE returns
+                    self.clock.observe(info)
+                    ended_at = self.clock.now()  # billing ends when the DELETE returns
                 else:
                     info = await machine.extend(self.EXTEND_BY)
+                    self.clock.observe(info)
         except asyncio.CancelledError:
             error = f"{kind} was interrupted; refresh to see the machine's state"
             raise
@@ -289,7 +338,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
     # -- fallbacks --
     @staticmethod
     def _figures(row: dict[str, Any], now: float) -> tuple[str, str, str]:
-        """(uptime, estimated cost, time left) as text, at `now`."""
+        """(uptime, estimated cost, time left) as text, at `now` on the server's clock."""
         ready, ended, stopping = row.get("ready_at"), row.get("ended_at"), row.get("stopping_at")
         state = row.get("state")
         if ready is None:
@@ -322,7 +371,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
     def _text(self) -> str:
         if not self.rows:
             return "MachinePanel: no machines launched from this kernel yet."
-        now = time.time()
+        now = self.clock.now()
         lines = [f"MachinePanel: {len(self.rows)} machine{'s' if len(self.rows) != 1 else ''} "
                  "(cost is an estimate from a price table)"]
         for row in self.rows:
@@ -335,7 +384,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
         return "\n".join(lines)
 
     def _html(self) -> str:
-        now = time.time()
+        now = self.clock.now()
         cell = "padding:3px 10px 3px 0;text-align:left;vertical-align:top"
         head = "".join(f'<th style="{cell};color:#6b7280;font-weight:600">{h}</th>' for h in
                        ("Machine", "Type", "Status", "Uptime", "Est. cost", "Time left"))
@@ -359,7 +408,7 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
         if not body:
             body.append(f'<tr><td colspan="6" style="{cell};color:#6b7280">'
                         "No machines launched from this kernel yet.</td></tr>")
-        stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        stamp = datetime.fromtimestamp(time.time(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         return (f'<div class="runcomfy-machines" style="{FONT};padding:6px 0">'
                 f'<table style="border-collapse:collapse"><thead><tr>{head}</tr></thead>'
                 f'<tbody>{"".join(body)}</tbody></table>'
