@@ -261,7 +261,7 @@ class StatusLoop:
 
 @type_check_only
 class Storage:
-    """Fetches output files by URL, never with our credentials (they must not leak to storage hosts), following redirects; downloads are checked for truncation and written atomically. `http_transport` replaces httpx's network transport (tests give an `httpx.MockTransport`)."""
+    """Fetches output files by URL, never with our credentials (they must not leak to storage hosts), following redirects; a dropped download resumes with `Range` (else restarts), every file is checked against its full length and written atomically. `http_transport` replaces httpx's network transport (tests give an `httpx.MockTransport`)."""
     def public_url(self, media: runcomfy_nb.media.Media) -> str: """Serverless output URLs need no credentials, so a browser may load them directly."""
     def read(self, media: runcomfy_nb.media.Media) -> bytes: """The file's bytes."""
     def save(self, media: runcomfy_nb.media.Media, path: Path) -> Path: """Download to `path`, or beside it under a free name: never over a file (see `media.claim`)."""
