@@ -87,6 +87,37 @@ class _Running:
             self._loop.call_soon(self._task.cancel)
 
 
+WaitView = Callable[[Any], contextlib.AbstractContextManager[Any]]
+_wait_views: list[WaitView] = []
+_defaults = False
+
+
+def register_wait_view(view: WaitView) -> None:
+    """Register `view(job)`, a context manager around each blocking `job.result()` (the text
+    progress view, `console.wait_view`): how the core shows progress without display code."""
+    if view not in _wait_views:
+        _wait_views.append(view)
+
+
+def _waiting(target: Any, name: str) -> contextlib.AbstractContextManager[Any]:
+    global _defaults
+    if name != "result":
+        return contextlib.nullcontext()
+    from .jobs import Job
+
+    if not isinstance(target, Job):
+        return contextlib.nullcontext()
+    if not _defaults:  # the text view registers itself on first use (it imports no widget)
+        _defaults = True
+        from . import console
+
+        console.register()
+    stack = contextlib.ExitStack()
+    for view in _wait_views:
+        stack.enter_context(view(target))
+    return stack
+
+
 def _is_async_object(value: Any) -> bool:
     if value is None or isinstance(value, (str, bytes, int, float, bool, dict, type)):
         return False
@@ -138,7 +169,8 @@ class Blocking(Remote):
         if inspect.iscoroutinefunction(value):
             @functools.wraps(value)
             def blocking(*args: Any, **kwargs: Any) -> Any:
-                return wrap(run(value(*args, **kwargs)))
+                with _waiting(self._target, name):
+                    return wrap(run(value(*args, **kwargs)))
             return blocking
         if inspect.isasyncgenfunction(value):
             @functools.wraps(value)

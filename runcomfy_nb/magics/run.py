@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from typing import TYPE_CHECKING, Any
 
+from IPython import get_ipython
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
 from .. import sync
-from ..errors import ValidationError
+from ..errors import JobFailed, ValidationError
 from ..jobs import CANCEL_WAIT
 from ..workflow import parse_cell
 from .session import SESSION
@@ -62,8 +64,23 @@ def submit_arguments(kind: str, data: Any) -> dict[str, Any]:
     return {"inputs": data}  # a LoRA deployment's own schema
 
 
-def show_progress(job: Job) -> None:
-    """Display a JobProgress for `job` (it refreshes its saved fallback when the job ends)."""
+def show_progress(job: Job, *, follow: bool = True) -> None:
+    """Show `job`'s progress: a JobProgress widget where a widget front end is (it refreshes its
+    saved fallback when the job ends), else the text view (`console.wants_text_view`: terminal
+    IPython, Colab, `RUNCOMFY_PROGRESS=text`) on stdout, live where `\r` rewrites a line (a TTY or
+    a kernel's output area). `follow=False` (`--no-wait`): the text view says the state once, so
+    no later line lands in the middle of what the user types next."""
+    from .. import console
+
+    shell = get_ipython()
+    if console.wants_text_view(shell):
+        live = console._isatty(sys.stdout) or getattr(shell, "kernel", None) is not None
+        view = console.TextProgress(job, sys.stdout, live=live and follow)
+        if not follow and not view.ended:
+            view.close()
+            if view.live:
+                view._write("\n")
+        return
     from ..widgets import JobProgress
 
     display(sync.on_loop(JobProgress, job))  # made on the job's loop, where its events arrive
@@ -71,7 +88,8 @@ def show_progress(job: Job) -> None:
 
 def follow(magics: Any, job: Job, *, timeout: float | None, out: str | None) -> JobResult | None:
     """Show live progress, wait for the result (Ctrl-C cancels unless auto_cancel is off),
-    store it under `out` and return it."""
+    store it under `out` and return it. A failed job's error is told once, by its progress view;
+    the cell still fails, with a one-line pointer there."""
     try:
         show_progress(job)  # inside: a Ctrl-C even before the wait began must cancel the job
         result = job.result(timeout=timeout or magics.timeout,
@@ -79,6 +97,11 @@ def follow(magics: Any, job: Job, *, timeout: float | None, out: str | None) -> 
     except KeyboardInterrupt:
         print(interrupted(magics, job))
         return None
+    except JobFailed as exc:
+        if job.error is not exc:  # not the job's own failure: its view did not tell it
+            raise
+        raise JobFailed(f"Job {job.id} failed: its error is shown in its progress above.",
+                        job_id=job.id) from None
     if out:
         magics.shell.user_ns[out] = result
     return result
@@ -104,7 +127,7 @@ def deliver(magics: Any, job: Job, args: Any) -> Job | JobResult | None:
     """`--no-wait`: show the job's progress and return the job (stored under `--out`); else follow
     it to its result (see `follow`)."""
     if args.no_wait:
-        show_progress(job)
+        show_progress(job, follow=False)
         if args.out:
             magics.shell.user_ns[args.out] = job
         return job
