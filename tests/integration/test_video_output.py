@@ -12,7 +12,9 @@ import pytest
 
 import runcomfy_nb as rc
 from runcomfy_nb.emulator import Emulator, synth
+from runcomfy_nb.emulator.app import load_config
 from runcomfy_nb.widgets import Gallery
+from runcomfy_nb.widgets.images import mp4_size
 
 from ..helpers import TOKEN, wait_for
 
@@ -89,3 +91,26 @@ def test_the_client_shows_the_mp4_as_a_playable_video(emu: Emulator) -> None:
         (item,) = Gallery(result.media).items
     assert item["src"].startswith("data:video/mp4;base64,") and item["error"] == ""
     assert (item["width"], item["height"]) == (256, 256) and 1_000 < item["size"] < 60_000
+
+
+async def test_a_machines_video_combine_writes_the_mp4_too() -> None:
+    # the same node on a dedicated machine's ComfyUI (emulator/comfyui/executor.py)
+    config = load_config(None)
+    config["machines"].update(rate_per_second=0, ready_seconds=1, deleting_seconds=1)
+    version = next(w["version_id"] for w in config["workflows"] if w["preset"] == "video")
+    with Emulator(speed=50, token=TOKEN, config=config) as emu:
+        async with rc.AsyncRunComfy(token=TOKEN, base_url=emu.url, user_id=emu.user_id) as client:
+            machine = await client.machines.launch(version, server_type="large", duration="1h")
+            try:
+                await machine.wait_ready(timeout=15, poll=0.05)
+                comfy = machine.comfyui()
+                try:
+                    result = await (await comfy.queue(emu.machine_workflow(version))).result(timeout=30)
+                    (clip,) = result.media
+                    data = await clip.read()
+                finally:
+                    await comfy.aclose()
+            finally:
+                await machine.stop()
+    assert (clip.kind, clip.mime) == ("video", "video/mp4") and clip.filename.endswith(".mp4")
+    assert top_boxes(data)[0] == b"ftyp" and mp4_size(data) == (256, 256)
