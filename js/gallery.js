@@ -321,8 +321,30 @@ function render({ model, el }) {
     );
   }
 
+  const shown = new Map(); // index -> {item, node}: the tiles on the page
+
+  // a tile whose player already plays the file fetched through the kernel is kept when only what
+  // Python learnt of the file changed (its size, dimensions): a new tile would stop the playback
+  function reuse(old, item) {
+    if (!old || old.item.filename !== item.filename || old.item.kind !== item.kind) return false;
+    if (!old.node.querySelector('[data-state="ready"]')) return false;
+    old.node.querySelector(".rcnb-details").textContent = details(item);
+    if (!item.error) old.node.querySelector(".rcnb-error")?.remove();
+    old.item = item;
+    return true;
+  }
+
   function update() {
-    grid.replaceChildren(...items().map(tile));
+    const list = items();
+    const nodes = list.map((item, index) => {
+      const old = shown.get(index);
+      if (reuse(old, item)) return old.node;
+      const node = tile(item, index);
+      shown.set(index, { item, node });
+      return node;
+    });
+    for (const index of [...shown.keys()]) if (index >= list.length) shown.delete(index);
+    grid.replaceChildren(...nodes);
     grid.hidden = items().length === 0;
     toolbar.hidden = items().length < 2;
     const lines = model.get("texts") || [];

@@ -43,6 +43,9 @@ const out = {};
 try {
   const { default: widget } = await loadWidget("gallery");
   const items = JSON.parse(document.getElementById("items").textContent);
+  // a fourth tile: the same MP4 as if too large to inline (no src), fetched through the kernel on play
+  const mp4 = new Uint8Array(await (await fetch(items[0].src)).arrayBuffer());
+  items.push({ ...items[0], filename: "long.mp4", src: "", size: 0, width: 0, height: 0 });
   const model = new FakeModel({ items, texts: [], loading: false });
   const saved = []; // what the download buttons saved: an <a download> clicked
   HTMLAnchorElement.prototype.click = function () {
@@ -50,7 +53,9 @@ try {
   };
   const bytes = (...values) => [new DataView(new Uint8Array(values).buffer)];
   model.onSend = (content) => setTimeout(() => {
-    if (content.type === "fetch") {
+    if (content.type === "fetch" && content.index === 3) {
+      model.trigger("msg:custom", { type: "file", index: 3, mime: "video/mp4" }, [new DataView(mp4.buffer)]);
+    } else if (content.type === "fetch") {
       model.trigger("msg:custom", { type: "file", index: content.index, mime: "image/png" }, bytes(1, 2, 3));
     } else if (content.type === "fetch_all") {
       model.trigger("msg:custom", { type: "zip", name: "outputs.zip" }, bytes(80, 75));
@@ -83,6 +88,18 @@ try {
   $(el, ".rcnb-download-all").click();
   await until(() => saved.length >= 3, 3000);
   out.saved = saved;
+
+  // the kernel's bytes play; what Python learns of the file then keeps the playing element
+  $(el, '.rcnb-tile[data-index="3"] .rcnb-play').click();
+  await until(() => $(el, '.rcnb-tile[data-index="3"] video'), 3000);
+  const long = $(el, '.rcnb-tile[data-index="3"] video');
+  long.muted = true;
+  await until(() => long.readyState >= 1, 3000);
+  const learnt = { size: mp4.length, width: 256, height: 256 };
+  model.set("items", items.map((item, i) => (i === 3 ? { ...item, ...learnt } : item)));
+  const after = $(el, '.rcnb-tile[data-index="3"] video');
+  out.long = { blob: long.src.startsWith("blob:"), kept: after === long, width: long.videoWidth,
+               details: $(el, '.rcnb-tile[data-index="3"] .rcnb-details').textContent };
   out.sent = model.sent;
   out.ok = true;
 } catch (err) {
@@ -165,9 +182,11 @@ def test_the_emulator_mp4_plays_in_chromium(items: list[dict[str, Any]], tmp_pat
     assert r["video"]["duration"] == pytest.approx(2.0)  # 24 frames at 12 fps
     assert r["audio"]["error"] is None and r["audio"]["duration"] == pytest.approx(1.0, abs=0.05)
     assert r["details"] == [f"{human_size(items[0]['size'])} · 256×256", human_size(items[1]["size"]),
-                            f"{human_size(items[2]['size'])} · 320×200"]
-    assert r["downloadButtons"] == 3 and r["downloadAllShown"]
+                            f"{human_size(items[2]['size'])} · 320×200", ""]
+    assert r["downloadButtons"] == 4 and r["downloadAllShown"]
     assert r["saved"] == [{"name": "ComfyUI_00001.mp4", "href": "data:video/mp4;base64,"},
                           {"name": "still.png", "href": "blob:http://127.0.0.1:"},
                           {"name": "outputs.zip", "href": "blob:http://127.0.0.1:"}]
-    assert r["sent"] == [{"type": "fetch", "index": 2}, {"type": "fetch_all"}]
+    assert r["sent"] == [{"type": "fetch", "index": 2}, {"type": "fetch_all"}, {"type": "fetch", "index": 3}]
+    assert r["long"] == {"blob": True, "kept": True, "width": 256,
+                         "details": f"{human_size(items[0]['size'])} · 256×256"}
