@@ -117,8 +117,11 @@ class TextProgress:
     # -- text --
     def _name(self) -> str:
         job = self.job
+        short = job.id[:8]
+        if job.label and short in job.label:  # e.g. "dep-flux-kontext · 5fdf9782"
+            return str(job.label)
         name = job.label if job.label and job.label != job.id else job.kind
-        return f"{name}/{job.id[:8]}"
+        return f"{name}/{short}"
 
     def line(self, now: float) -> str:
         """`name: running 42% for 3.1 s · KSampler · step 5/20 · nodes 3/7 · 2.00 it/s · ETA 9.0 s`"""
