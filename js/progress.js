@@ -14,6 +14,13 @@ function num(x) {
   return Number.isInteger(x) ? String(x) : x.toFixed(1);
 }
 
+// as people count a queue: 0 (the APIs' "next") → "next", 1 → "2nd", 10 → "11th", 21 → "22nd"
+function ordinal(n) {
+  const teen = n % 100 >= 11 && n % 100 <= 13;
+  const suffix = teen ? "th" : { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
+  return `${n}${suffix}`;
+}
+
 function render({ model, el }) {
   const root = element("div", "rcnb-progress");
   const header = element("div", "rcnb-header");
@@ -59,10 +66,27 @@ function render({ model, el }) {
   let best = 0;
   function fraction(status) {
     if (status === "succeeded") return 1;
-    const f = get("fraction");
+    let f = get("fraction");
+    if (f === undefined) f = stepsAndNodes(); // a model without the trait (older Python side)
     if (f == null) return null;
     best = Math.max(best, Math.min(1, Math.max(0, f)));
     return best;
+  }
+
+  function stepsAndNodes() {
+    const steps = get("steps");
+    const share = steps ? Math.min(1, Math.max(0, (get("step") || 0) / steps)) : null;
+    const total = get("nodes_total");
+    if (total) return Math.min(1, ((get("nodes_done") || 0) + (share || 0)) / total);
+    return share;
+  }
+
+  function queueText() {
+    const text = get("queue_text");
+    if (text) return text;
+    const position = get("position");
+    if (position == null) return "waiting in queue";
+    return position <= 0 ? "next in queue" : `${ordinal(position + 1)} in queue`;
   }
 
   function tick() {
@@ -91,7 +115,7 @@ function render({ model, el }) {
     }
 
     const parts = [];
-    if (status === "queued") parts.push(get("queue_text") || "waiting in queue");
+    if (status === "queued") parts.push(queueText());
     if (status === "running") {
       const phase = get("phase");
       if (phase) parts.push(phase);
