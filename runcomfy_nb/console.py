@@ -118,7 +118,7 @@ class TextProgress:
     def _name(self) -> str:
         job = self.job
         short = job.id[:8]
-        if job.label and short in job.label:  # e.g. "dep-flux-kontext · 5fdf9782"
+        if job.label and job.label != job.id and short in job.label:  # "dep-flux-kontext · 5fdf9782"
             return str(job.label)
         name = job.label if job.label and job.label != job.id else job.kind
         return f"{name}/{short}"

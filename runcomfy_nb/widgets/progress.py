@@ -173,7 +173,7 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
         return self._state.summary(time.time())
 
     def _name(self) -> str:
-        if self.label and self.job_id[:8] in self.label:  # "dep-flux-kontext · 5fdf9782" names it
+        if self.label and self.label != self.job_id and self.job_id[:8] in self.label:  # it names the id
             return self.label
         name = self.label if self.label and self.label != self.job_id else self.kind
         return f"{name}/{short_id(self.job_id)}"
