@@ -1,12 +1,15 @@
-"""What a widget shows where widgets cannot render (nbconvert, GitHub, a terminal): `Snapshots`
-keeps the static text/plain and text/html of a displayed widget current, and the pieces of that
-HTML (escaping, the font, short ids, error text without URLs)."""
+"""What a widget shows where widgets cannot render (nbconvert, GitHub, a terminal, a notebook
+reopened without its kernel): `Snapshots` keeps the static text/plain and text/html of a displayed
+widget current and, once the widget's state is final, replaces the displayed widget by that static
+view; plus the pieces of that HTML (escaping, the font, short ids, error text without URLs)."""
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 import re
+from functools import lru_cache
 from typing import Any
 
 
@@ -18,13 +21,25 @@ def split_bundle(bundle: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(bundle or {}), {}
 
 
-class Snapshots:
-    """Keeps the static fallback of displayed widgets current.
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# the most one image may take in a kept notebook (its base64 text, as saved)
+KEPT_IMAGE_BYTES = 30 * 1024
+_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
-    A notebook saves the text/html a widget had when it was displayed; for a job that was
-    "queued". Displaying with a display id lets us re-send the bundle when the state settles
-    (`_refresh_displays`), so nbclient-executed and saved notebooks show the outcome. Only in a
-    kernel: a terminal IPython would print the update as a stray line.
+
+class Snapshots:
+    """Keeps the static view of displayed widgets current, and makes it what the notebook keeps.
+
+    A displayed widget's output is the widget view plus text/plain and text/html fallbacks. Every
+    widget front end prefers the widget view, so a notebook reopened without its kernel (and
+    without saved widget state) reads "Error displaying widget: model not found", and nbconvert
+    with stored widget state renders it through an online widget manager: offline, nothing.
+    So each widget is displayed with a display id, and when its state settles (`_apply_changes`)
+    the output is re-sent (`update_display`): once the state is final (`_final`: a job or sweep
+    that ended, a gallery with all its thumbnails, a panel whose machines all stopped) as the
+    static view alone, which every front end renders without a kernel; before that (and again,
+    should a final state change, e.g. a panel seeing a new machine) as the live widget. Only in
+    a kernel: a terminal IPython would print the update as a stray line.
     """
 
     _display_ids: list[str]
@@ -42,8 +57,33 @@ class Snapshots:
         data["text/html"] = self._html()
         return data, meta
 
+    def _final(self) -> bool:
+        """Whether what the widget shows can no longer change (a widget may override this)."""
+        status = getattr(self, "status", None)
+        if isinstance(status, str):  # JobProgress: the job ended
+            return status in _TERMINAL
+        rows = getattr(self, "rows", None)
+        if isinstance(rows, list):  # MachinePanel: all its machines stopped (a failed one may bill)
+            return bool(rows) and all(row.get("state") == "stopped" for row in rows)
+        loading = getattr(self, "loading", None)
+        if isinstance(loading, bool):  # Gallery: every thumbnail is in
+            return not loading
+        return False
+
+    def static_bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The static view alone (text/plain, text/html; no widget view), each inline image at
+        most `KEPT_IMAGE_BYTES`: what a front end without the kernel renders."""
+        return {"text/plain": self._text(), "text/html": fit_images(self._html())}, {}
+
+    def kept_bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What an output should hold now: the static view once the state is final, else the
+        live widget with its fallbacks."""
+        if self._final():
+            return self.static_bundle()
+        return split_bundle(self._repr_mimebundle_())
+
     def _apply_changes(self, changes: dict[str, Any], *, settled: bool) -> None:
-        """Set the traits in one sync; once the state settled, re-send the displayed fallbacks."""
+        """Set the traits in one sync; once the state settled, re-send the displayed outputs."""
         with self.hold_sync():  # type: ignore[attr-defined]
             for name, value in changes.items():
                 setattr(self, name, value)
@@ -57,7 +97,7 @@ class Snapshots:
         from IPython.display import display
 
         display_id = uuid4().hex
-        data, meta = self._repr_mimebundle_()  # type: ignore[attr-defined]
+        data, meta = self.kept_bundle()
         if not InteractiveShell.initialized():  # plain Python: IPython would print the dict
             print(data["text/plain"])
             return
@@ -75,11 +115,45 @@ class Snapshots:
                 return
             from IPython.display import update_display
 
-            data, meta = self._repr_mimebundle_()  # type: ignore[attr-defined]
+            data, meta = self.kept_bundle()
             for display_id in self._display_ids:
                 update_display(data, metadata=meta, raw=True, display_id=display_id)
         except Exception:  # a cosmetic refresh must never break the job
             logging.getLogger("runcomfy_nb").debug("could not refresh a display", exc_info=True)
+
+
+_INLINE_IMAGE = re.compile(r'(<img\b[^>]*?\bsrc=")data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=]+)(")')
+
+
+def fit_images(markup: str, limit: int = KEPT_IMAGE_BYTES) -> str:
+    """`markup` with every inline `<img>` whose base64 text is over `limit` re-encoded smaller
+    (fewer pixels; an animation keeps moving), so a kept notebook stays small."""
+    return _INLINE_IMAGE.sub(lambda m: m[1] + _fit(m[2], m[3], limit) + m[4], markup)
+
+
+@lru_cache(maxsize=64)  # the same thumbnails are re-sent at every refresh
+def _fit(mime: str, payload: str, limit: int) -> str:
+    if len(payload) <= limit:
+        return f"data:{mime};base64,{payload}"
+    from .images import data_url, downscale, downscale_animation, frame_count
+
+    data = base64.b64decode(payload)
+    try:
+        animated = frame_count(data) > 1
+        for px in (256, 192, 144, 96, 64):
+            if animated:
+                url = data_url(downscale_animation(data, px, max_frames=24, quality=50), "image/webp")
+            else:
+                url = data_url(*downscale(data, px, keep_small=0, quality=70))
+            if len(url) - url.index(",") - 1 <= limit:
+                return url
+    except Exception:  # not an image Pillow reads: leave it out rather than keep it whole
+        logging.getLogger("runcomfy_nb").debug("could not shrink an inline image", exc_info=True)
+    return _PLACEHOLDER
+
+
+# a 1×1 transparent GIF: an image too large to keep (and that would not shrink) shows as nothing
+_PLACEHOLDER = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw=="
 
 
 def esc(value: object) -> str:

@@ -149,6 +149,10 @@ class SweepView(Snapshots, anywidget.AnyWidget):
         self._throttle.update({"cancelling": False, "notice": notice, **self._summary_changes()}, now=True)
 
     # -- fallbacks --
+    def _final(self) -> bool:
+        """The sweep ended and every finished cell's thumbnail is in: the static view is kept."""
+        return self.sweep.done and not self._tasks
+
     def _status_line(self) -> str:
         counts = self.counts or dict.fromkeys(("succeeded",), 0)
         done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
