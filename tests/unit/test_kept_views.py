@@ -1,0 +1,107 @@
+"""`Snapshots`: a displayed widget is live until its state is final, then its output is the static
+view alone (no widget view, inline images ≤ 30 KB); a final state that changes again brings the
+live widget back."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import anywidget
+import pytest
+import traitlets as t
+from PIL import Image
+
+from runcomfy_nb.media import Media
+from runcomfy_nb.widgets import Gallery
+from runcomfy_nb.widgets.fallback import KEPT_IMAGE_BYTES, WIDGET_VIEW, Snapshots, fit_images
+from runcomfy_nb.widgets.images import data_url
+
+
+class Panel(Snapshots, anywidget.AnyWidget):
+    """A widget shaped like `MachinePanel`: final once every row stopped."""
+
+    _esm = "export default { render() {} }"
+    rows = t.List(t.Dict()).tag(sync=True)
+
+    def _html(self) -> str:
+        return "<div>" + "".join(f"<p>{row['state']}</p>" for row in self.rows) + "</div>"
+
+
+@pytest.fixture
+def kernel_display(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
+    """IPython's display/update_display as in a kernel, recorded."""
+    import IPython.display
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shown: list[Any] = []
+    updated: list[Any] = []
+    monkeypatch.setattr(IPython.display, "display", lambda data, **kw: shown.append((data, kw)))
+    monkeypatch.setattr(IPython.display, "update_display", lambda data, **kw: updated.append((data, kw)))
+    monkeypatch.setattr(InteractiveShell, "initialized", classmethod(lambda cls: True))
+    monkeypatch.setattr(InteractiveShell, "instance",
+                        classmethod(lambda cls, *a, **k: SimpleNamespace(kernel=object())))
+    return shown, updated
+
+
+def test_a_live_widget_becomes_static_when_final_and_live_again_when_not(
+    kernel_display: tuple[list[Any], list[Any]],
+) -> None:
+    shown, updated = kernel_display
+    panel = Panel(rows=[{"state": "ready"}])
+    panel._ipython_display_()
+    assert WIDGET_VIEW in shown[0][0], "a running machine's panel is the live widget"
+    panel._apply_changes({"rows": [{"state": "stopped"}]}, settled=True)
+    data, kw = updated[-1]
+    assert WIDGET_VIEW not in data and "<p>stopped</p>" in data["text/html"]
+    assert kw["display_id"] == shown[0][1]["display_id"]
+    panel._apply_changes({"rows": [{"state": "stopped"}, {"state": "starting"}]}, settled=True)
+    assert WIDGET_VIEW in updated[-1][0], "a new machine brings the live widget (and its buttons) back"
+
+
+def test_a_gallery_displayed_with_its_final_state_is_static_at_once(
+    kernel_display: tuple[list[Any], list[Any]],
+) -> None:
+    shown, _ = kernel_display
+    gallery = Gallery([Media(url="", filename="a.png", kind="image")], text=["hello"])
+    assert not gallery.loading  # nothing to fetch (no client): final
+    gallery._ipython_display_()
+    (data, kw), = shown
+    assert WIDGET_VIEW not in data and kw["display_id"]
+    assert "a.png" in data["text/html"] and "hello" in data["text/html"]
+    # what the widget itself answers is unchanged: the widget plus its fallbacks
+    assert WIDGET_VIEW in gallery._repr_mimebundle_()[0]
+
+
+def noise(px: int) -> bytes:
+    out = io.BytesIO()
+    Image.frombytes("RGB", (px, px), os.urandom(px * px * 3)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_fit_images_shrinks_only_images_over_the_limit() -> None:
+    small = data_url(noise(8), "image/png")
+    big = data_url(noise(500), "image/png")
+    markup = f'<img src="{small}" alt="s"><img alt="b" src="{big}"><a href="{big}">file</a>'
+    out = fit_images(markup)
+    assert small in out, "a small image is kept as it is"
+    assert out.count(big) == 1 and f'href="{big}"' in out, "only images are shrunk, not links"
+    shrunk = out.split('alt="b" src="data:image/jpeg;base64,', 1)[1].split('"', 1)[0]
+    assert 0 < len(shrunk) <= KEPT_IMAGE_BYTES
+    with Image.open(io.BytesIO(base64.b64decode(shrunk))) as image:
+        assert max(image.size) < 500
+
+
+def test_fit_images_keeps_an_animation_moving() -> None:
+    frames = [Image.frombytes("RGB", (400, 400), os.urandom(400 * 400 * 3)) for _ in range(4)]
+    out = io.BytesIO()
+    frames[0].save(out, "WEBP", save_all=True, append_images=frames[1:], duration=100, quality=90)
+    assert len(base64.b64encode(out.getvalue())) > KEPT_IMAGE_BYTES
+    fitted = fit_images(f'<img src="{data_url(out.getvalue(), "image/webp")}">')
+    payload = fitted.split("base64,", 1)[1].split('"', 1)[0]
+    assert len(payload) <= KEPT_IMAGE_BYTES
+    with Image.open(io.BytesIO(base64.b64decode(payload))) as image:
+        assert getattr(image, "n_frames", 1) > 1
