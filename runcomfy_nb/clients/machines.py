@@ -30,6 +30,7 @@ from ..errors import (
     ValidationError,
     transient,
 )
+from ..http_errors import parse_body
 from ..timefmt import parse_timestamp
 from ..transport import Transport
 from ..workflow import did_you_mean
@@ -168,22 +169,27 @@ class Machines:
                                 str(w.get("version_id", "")), str(w.get("updated_at", "")))
                 for w in items if isinstance(w, dict)]
 
+    async def _get(self, path: str) -> tuple[Any, str | None]:
+        """A GET's parsed body and its `Date` header (the server's clock, see MachineInfo)."""
+        response = await self._http.send("GET", path, idempotent=True)
+        return parse_body(response), response.headers.get("date")
+
     async def list(self) -> list[MachineInfo]:
-        reply = await self._http.request("GET", f"{self._base}/servers")
+        reply, date = await self._get(f"{self._base}/servers")
         items = reply if isinstance(reply, list) else (reply or {}).get("servers", [])
-        return [MachineInfo.from_reply(m) for m in items if isinstance(m, dict)]
+        return [MachineInfo.from_reply(m, date) for m in items if isinstance(m, dict)]
 
     async def status(self, server_id: str) -> MachineInfo:
         """The machine's state by full id; one that is gone (404) is `stopped`."""
         try:
-            reply = await self._http.request("GET", self._server(server_id))
+            reply, date = await self._get(self._server(server_id))
         except NotFound:
             return MachineInfo(server_id=server_id, state="stopped", raw_status=GONE)
         if not isinstance(reply, dict) or not isinstance(reply.get("current_status"), str):
             # an odd answer that says nothing about the machine (errors.transient)
             raise UnexpectedReply(f"{SERVICE} sent a status reply without a machine status for "
                                   f"{server_id[:8]}", status=200, detail=reply)
-        return MachineInfo.from_reply({**reply, "server_id": reply.get("server_id") or server_id})
+        return MachineInfo.from_reply({**reply, "server_id": reply.get("server_id") or server_id}, date)
 
     def _server(self, server_id: str, action: str = "") -> str:
         path = f"{self._base}/servers/{quote(server_id, safe='')}"
@@ -347,7 +353,8 @@ class Machine:
         self.ready_at = info.ready_at or self.ready_at
         if info.state in ("stopping", "stopped", "failed") and self.ended_at is None:
             self.ended_at = min(time.time(), info.stopping_at or time.time())
-        self._info = info
+        known: MachineInfo | None = getattr(self, "_info", None)
+        self._info = known.updated_by(info) if known is not None else info
 
     def __repr__(self) -> str:
         return f"<Machine {self.id[:8]} {self.info.server_type} {self.info.state}>"

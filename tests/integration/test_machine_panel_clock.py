@@ -129,8 +129,6 @@ def uptime_seconds(panel: MachinePanel) -> float:
     return panel.clock.now() - row["ready_at"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs Machines.status to pass the reply's Date header to "
-                   "MachineInfo.from_reply (clients/machines.py, reported to the lead)")
 def test_uptime_advances_at_the_emulators_speed(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(MachinePanel, "MIN_REFRESH", 1.0)
     version = client.machines.workflows()[0].version_id
@@ -148,8 +146,6 @@ def test_uptime_advances_at_the_emulators_speed(client: Any, monkeypatch: pytest
         panel.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs Machine.info's setter to keep what a 404 lacks "
-                   "(self._info.updated_by(info), clients/machines.py, reported to the lead)")
 def test_a_panel_made_after_a_stop_shows_the_type(client: Any) -> None:
     version = client.machines.workflows()[0].version_id
     machine = client.machines.launch(version, server_type="medium", duration="1h")
