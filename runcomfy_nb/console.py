@@ -9,7 +9,7 @@ cannot show widgets (issue 16, point 4). No widget code: it reads `ProgressState
 Where it is used (`wants_text_view`, `register`): the magics show it instead of the widget when
 no widget front end is there; the blocking facade's `job.result()` shows it on stderr from a
 plain script when `RUNCOMFY_PROGRESS` is `on`, or unset/`auto` and stderr is a TTY
-(`off` never). It hooks into the facade as a registered callback (`sync.register_wait_view`).
+(`off` never). The blocking facade registers `wait_view` (`sync.register_wait_view`).
 """
 
 from __future__ import annotations
@@ -207,11 +207,3 @@ def wants_text_view(shell: Any) -> bool:
         return True
     # Colab shows anywidgets only after `output.enable_custom_widget_manager()`, which we cannot see
     return "google.colab" in sys.modules
-
-
-def register() -> None:
-    """Hook the text view into the blocking facade's `job.result()`."""
-    from . import sync
-
-    sync.register_wait_view(wait_view)
-

@@ -5,7 +5,10 @@ from __future__ import annotations
 from .client import AsyncRunComfy
 from .clients.cloud import AsyncComfyCloud
 from .clients.comfyui import AsyncComfyUI
-from .sync import blocking_class
+from .console import wait_view
+from .sync import blocking_class, register_wait_view
+
+register_wait_view(wait_view)  # a blocking job.result() shows text progress where no widget can
 
 RunComfy = blocking_class(
     AsyncRunComfy, "The RunComfy APIs, blocking: `AsyncRunComfy` run on a background loop."

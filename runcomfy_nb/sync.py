@@ -89,7 +89,6 @@ class _Running:
 
 WaitView = Callable[[Any], contextlib.AbstractContextManager[Any]]
 _wait_views: list[WaitView] = []
-_defaults = False
 
 
 def register_wait_view(view: WaitView) -> None:
@@ -100,18 +99,12 @@ def register_wait_view(view: WaitView) -> None:
 
 
 def _waiting(target: Any, name: str) -> contextlib.AbstractContextManager[Any]:
-    global _defaults
     if name != "result":
         return contextlib.nullcontext()
     from .jobs import Job
 
     if not isinstance(target, Job):
         return contextlib.nullcontext()
-    if not _defaults:  # the text view registers itself on first use (it imports no widget)
-        _defaults = True
-        from . import console
-
-        console.register()
     stack = contextlib.ExitStack()
     for view in _wait_views:
         stack.enter_context(view(target))

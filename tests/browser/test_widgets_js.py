@@ -36,7 +36,7 @@ def test_progress_widget_in_a_browser(server: str, tmp_path: Path) -> None:
 
     queued = steps["queued"]
     assert queued["status"] == "queued" and queued["title"] == "dep-flux"
-    assert queued["details"] == "position 3 in queue"
+    assert queued["details"] == "4th in queue"
     assert bar(queued) == (0, None, False)
     assert queued["cancelVisible"] and not queued["cancelDisabled"]
     assert queued["elapsed"].endswith(" s") and float(queued["elapsed"].split()[0]) >= 5

@@ -240,15 +240,14 @@ def test_size_and_batch_follow_the_latent_node(emu: Emulator, http: httpx.Client
     assert Image.open(io.BytesIO(httpx.get(urls[3]).content)).size == (320, 192)
 
 
-def test_video_deployment_returns_an_animated_webp(emu: Emulator, http: httpx.Client) -> None:
+def test_video_deployment_returns_an_h264_mp4_as_vhs_writes(emu: Emulator, http: httpx.Client) -> None:
     result = finish(http, submit(http, VIDEO))
     (node,) = result["outputs"].values()
     (item,) = node["gifs"]
-    assert item["filename"].endswith(".webp") and item["type"] == "output"
+    assert item["filename"].endswith(".mp4") and item["type"] == "output"
+    assert item["format"] == "video/h264-mp4"
     reply = httpx.get(item["url"])
-    assert reply.headers["content-type"] == "image/webp"
-    movie = Image.open(io.BytesIO(reply.content))
-    assert movie.format == "WEBP" and movie.n_frames > 1 and movie.size == (256, 256)
+    assert reply.headers["content-type"] == "video/mp4" and reply.content[4:8] == b"ftyp"
 
 
 def test_output_files_refuse_credentials(emu: Emulator, http: httpx.Client) -> None:
