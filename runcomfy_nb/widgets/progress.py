@@ -121,12 +121,14 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
                 changes["_preview"] = (data, mime)  # decoded at flush: only the latest one
             case Finished() | Failed():
                 changes.update(cancelling=False, error=error_text(state.error) if state.error else "")
+        if isinstance(event, Finished):  # the gallery shows the outputs: no last preview above them
+            changes["preview"] = ""
         self._status = state.status
         self._throttle.update(changes, now=lifecycle or state.terminal)
 
     def _apply(self, changes: dict[str, Any]) -> None:
         preview = changes.pop("_preview", None)
-        if preview is not None:
+        if preview is not None and changes.get("status") != "succeeded":
             try:
                 changes["preview"] = data_url(*downscale(preview[0], PREVIEW_PX, quality=75))
             except Exception:  # a preview Pillow cannot read is not worth an error

@@ -163,6 +163,16 @@ async def test_traits_follow_the_job() -> None:
     await job.wait(5)
     assert widget.status == "succeeded" and widget.outputs == 1 and widget.finished_at
     assert widget.nodes_done == 1 and widget.error == ""
+    await until(lambda: widget.preview == "")  # the gallery shows the outputs: no last preview above it
+
+
+async def test_a_failed_job_keeps_its_last_preview() -> None:
+    job = Job(Script(Started(), Preview(png(64, 64), "image/png"), JobFailed("out of memory")),
+              kind="comfyui", id="p-failed")
+    widget = JobProgress(job)
+    await job.wait(5)
+    await until(lambda: widget.status == "failed")
+    assert widget.preview.startswith("data:image/")  # where it got to
 
 
 async def test_a_widget_made_late_replays_the_history() -> None:
