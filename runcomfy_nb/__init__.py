@@ -109,10 +109,11 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def _result_as_gallery(result: Any) -> Any:
-    """IPython's printer for a JobResult: its media and text as a `Gallery`."""
+    """IPython's printer for a JobResult: its media and text as a `Gallery`, static once it has
+    loaded (a cell's value cannot be updated later, and a saved notebook keeps no widget state)."""
     from .widgets import Gallery
 
-    return Gallery(result.media, text=result.text)._repr_mimebundle_()
+    return Gallery(result.media, text=result.text).kept_bundle()
 
 
 def register_display(ipython: Any = None) -> None:

@@ -110,8 +110,6 @@ def test_jupyterlab_shows_the_static_views_of_a_kept_notebook(lab: str) -> None:
             browser.close()
 
 
-@pytest.mark.xfail(strict=True, reason="the JobResult shown as the run cell's value goes through "
-                   "runcomfy_nb/__init__.py _result_as_gallery, which still returns the widget view")
 def test_jupyterlab_shows_no_model_not_found_anywhere(lab: str) -> None:
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])

@@ -81,9 +81,6 @@ def test_a_displayed_gallery_is_kept_with_its_thumbnails(kept: dict[str, list[An
         base64.b64decode(match[1], validate=True)  # whole, not cut
 
 
-@pytest.mark.xfail(strict=True, reason="a JobResult shown as a cell's value goes through IPython's "
-                   "formatter (runcomfy_nb/__init__.py _result_as_gallery), which still returns the "
-                   "widget view; it should return Gallery(...).kept_bundle()")
 def test_a_job_result_shown_as_the_cells_value_is_kept_static(kept: dict[str, list[Any]]) -> None:
     galleries = [d for d in rich(kept["run"]) if d["text/plain"].startswith("<Gallery")]
     assert galleries and all(WIDGET_VIEW not in d for d in galleries)
