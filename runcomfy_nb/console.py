@@ -51,18 +51,27 @@ class TextProgress:
         self._written_at = 0.0
         self._pending = False
         self.ended = False
-        self._unsubscribe = call(self._attach, self.job.loop)
+        self._unsubscribe: Any = None  # set on the job's loop, where the events arrive
+        call(self._attach, self.job.loop)
 
-    def _attach(self) -> Any:
+    def _attach(self) -> None:
         unsubscribe = self.job.subscribe(self._on_event, replay=True)
-        if self.live and not self.ended:
+        if self.ended:  # the replay held the end: nothing more to follow
+            unsubscribe()
+            return
+        self._unsubscribe = unsubscribe
+        if self.live:
             self.job.loop.call_later(TICK, self._tick)
-        return unsubscribe
 
     def close(self) -> None:
         """Stop following (the final line, if not written yet, is not)."""
         self.ended = True
-        soon(self.job.loop, self._unsubscribe)
+        soon(self.job.loop, self._stop)
+
+    def _stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
 
     # -- events --
     def _on_event(self, job: Any, event: Event) -> None:
@@ -107,7 +116,7 @@ class TextProgress:
         self.ended = True
         prefix = _CLEAR if self.live else ""
         self._write(f"{prefix}{self.final_line(event)}\n")
-        self._unsubscribe()
+        self._stop()
 
     def _write(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):  # a closed stream must not break the job

@@ -81,3 +81,13 @@ def test_front_end_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not console.wants_text_view(kernel)
     monkeypatch.setenv("RUNCOMFY_PROGRESS", "text")
     assert console.wants_text_view(SimpleNamespace(kernel=object()))
+
+
+@pytest.mark.parametrize("live", [True, False])
+async def test_a_job_that_already_ended_gets_its_final_line_once(live: bool) -> None:
+    job = Job(Script(Started(), NodeStarted("3", "KSampler")), kind="deployment", id="done-before")
+    await job.wait(5)  # e.g. `%runcomfy attach` of a finished job: the replay holds the end
+    out = io.StringIO()
+    view = console.TextProgress(job, out, live=live)
+    assert view.ended and out.getvalue().count("succeeded in") == 1 and out.getvalue().endswith("\n")
+    view.close()
