@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 import runcomfy_nb as rc
@@ -28,6 +29,10 @@ class Scripted:
         self.calls.append((method, path))
         action = path.rsplit("/", 1)[-1] if "/requests/" in path or "/inference" in path else path
         return next(self.answers.get(action) or self.answers["*"])
+
+    async def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The answer as a response (what `Machines` reads a `Date` header from)."""
+        return httpx.Response(200, json=await self.request(method, path, **kwargs))
 
 
 def iter_last(replies: list[Any]) -> Iterator[Any]:

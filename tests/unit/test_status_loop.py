@@ -22,6 +22,8 @@ def loop_tasks() -> list[asyncio.Task[Any]]:
 class Server:
     """Status replies: each request is in progress for `polls` calls, then completed."""
 
+    base_url = "https://api.example.invalid"
+
     def __init__(self, polls: int = 3) -> None:
         self.polls, self.calls = polls, {}  # type: ignore[var-annotated]
         self.inside = self.peak = self.loops = 0
