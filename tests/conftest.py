@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -55,6 +56,21 @@ def journal(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
 def _fast_retries() -> Iterator[None]:
     with stamina.set_testing(True, attempts=3):
         yield
+
+
+LOGGERS = ("", "runcomfy_nb", "httpx", "httpcore", "websockets", "aiohttp", "asyncio")
+
+
+@pytest.fixture
+def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Every logger that could print a secret at DEBUG, captured (the secret-sentinel tests)."""
+    levels = {name: logging.getLogger(name).level for name in LOGGERS}
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    caplog.set_level(logging.DEBUG)
+    yield caplog
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ the captured output, the logs, the journal file or a saved file, and no machine 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ from .kernels import Kernel
 
 TOKEN = "rc_tok_FAULTMATRIX_SENTINEL_7c1e4b9a"
 DEP = "dep-flux-kontext"
-LOGGERS = ("", "runcomfy_nb", "httpx", "httpcore", "websockets", "aiohttp", "asyncio")
 SUBMITS = ("/inference", "/prompt", "/servers")  # the paid POSTs: a serverless job, a prompt, a machine
 
 
@@ -327,17 +325,6 @@ ROWS: dict[str, Callable[[Row], None]] = {
     "emulator_killed_and_restarted": emulator_killed_and_restarted,
 }
 OWN_EMULATOR = {"emulator_killed_and_restarted"}
-
-
-@pytest.fixture
-def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    levels = {name: logging.getLogger(name).level for name in LOGGERS}
-    for name in LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG)
-    caplog.set_level(logging.DEBUG)
-    yield caplog
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
 
 
 def _counts(emu: Emulator, start: int, before: tuple[int, int]) -> tuple[int, int]:

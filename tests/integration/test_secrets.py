@@ -5,7 +5,6 @@ captured."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ TOKEN = "rc_tok_SENTINEL_a1b2c3d4e5"
 PARTNER_KEY = "comfyui-partner_SENTINEL_f6a7b8"
 CLOUD_KEY = "comfyui-cloud_SENTINEL_9e0d1c"
 MODEL = "blackforestlabs/flux-1-kontext/pro/edit"
-LOGGERS = ("", "runcomfy_nb", "httpx", "httpcore", "websockets", "aiohttp", "asyncio")
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +29,6 @@ def emu() -> Iterator[Emulator]:
     config["machines"].update(rate_per_second=0, ready_seconds=1, deleting_seconds=1)
     with Emulator(speed=40, token=TOKEN, config=config, comfy_api_key=CLOUD_KEY) as emulator:
         yield emulator
-
-
-@pytest.fixture
-def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    levels = {name: logging.getLogger(name).level for name in LOGGERS}
-    for name in LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG)
-    caplog.set_level(logging.DEBUG)
-    yield caplog
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
 
 
 def everything(seen: list[str], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> str:
