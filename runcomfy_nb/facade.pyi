@@ -188,6 +188,7 @@ class Machine:
     ready_at: float | None
     ended_at: float | None
     made_at: float
+    watchers: list[Callable[[MachineInfo], None]]
 
 
 @type_check_only

@@ -341,6 +341,7 @@ class Machine:
         self.ready_at: float | None = None
         self.ended_at: float | None = None  # when we first saw it stopping, stopped or failed
         self.made_at = time.time()
+        self.watchers: list[Callable[[MachineInfo], None]] = []  # told of each new info (panels)
         self.info = info
 
     @property
@@ -355,6 +356,8 @@ class Machine:
             self.ended_at = min(time.time(), info.stopping_at or time.time())
         known: MachineInfo | None = getattr(self, "_info", None)
         self._info = known.updated_by(info) if known is not None else info
+        for watcher in list(self.watchers):
+            watcher(self._info)
 
     def __repr__(self) -> str:
         return f"<Machine {self.id[:8]} {self.info.server_type} {self.info.state}>"

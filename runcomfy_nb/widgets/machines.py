@@ -151,6 +151,8 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
             if self._objects.get(server_id) is not machine:
                 added = True
                 self._objects[server_id] = machine
+                if hasattr(machine, "watchers"):  # a stop or extend from a cell shows at once
+                    machine.watchers.append(lambda info, sid=server_id: self._seen(sid, info))
                 self.clock.observe(machine.info)
                 row = self._merge(self._rows.get(server_id), machine.info)
                 # what the Machine kept past its last reply (a 404 after a stop says only the id)
@@ -236,6 +238,13 @@ class MachinePanel(Snapshots, anywidget.AnyWidget):
         if server_id not in self._locks:
             self._locks[server_id] = asyncio.Lock()
         return self._locks[server_id]
+
+    def _seen(self, server_id: str, info: Any) -> None:
+        """A machine's info changed (on the loop: a stop, an extend, a refresh elsewhere)."""
+        row = self._rows.get(server_id)
+        if row is not None and not self._closed:
+            self.clock.observe(info)
+            self._update_row(server_id, self._merge(row, info))
 
     def _update_row(self, server_id: str, row: dict[str, Any], *, now: bool = False) -> None:
         old = self._rows.get(server_id)

@@ -469,3 +469,21 @@ def test_the_panel_stops_a_real_machine(machine_emulator: Emulator, monkeypatch:
     finally:
         panel.close()
         client.machines.stop_all(include_kept=True)
+
+
+async def test_a_stop_from_a_cell_shows_at_once_not_at_the_next_refresh() -> None:
+    from runcomfy_nb.clients.machines import Machine
+
+    class Api:  # the Server API's answer to the stop, as Machines.stop gives it
+        async def stop(self, server_id: str) -> MachineInfo:
+            return info(server_id, "stopping")
+
+    machine = Machine(Api(), info("m-stopped-in-a-cell"))  # type: ignore[arg-type]
+    machines = FakeMachines()
+    machines.launched = {machine.id: machine}  # type: ignore[dict-item]
+    panel = MachinePanel(machines, refresh_every=3600)
+    await until(lambda: row(panel, machine.id)["state"] == "ready" and panel.refreshed_at)
+    await machine.stop()  # e.g. `%runcomfy stop`, not the panel's button; no refresh for an hour
+    await until(lambda: row(panel, machine.id)["state"] == "stopping", timeout=5)
+    assert row(panel, machine.id)["server_type"] == "large"  # what the panel knew is kept
+    panel.close()
