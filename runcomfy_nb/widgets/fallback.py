@@ -63,8 +63,8 @@ class Snapshots:
         if isinstance(status, str):  # JobProgress: the job ended
             return status in _TERMINAL
         rows = getattr(self, "rows", None)
-        if isinstance(rows, list):  # MachinePanel: all its machines stopped (a failed one may bill)
-            return bool(rows) and all(row.get("state") == "stopped" for row in rows)
+        if isinstance(rows, list):  # MachinePanel: every machine stopping or stopped (a failed one may bill)
+            return bool(rows) and all(row.get("state") in ("stopping", "stopped") for row in rows)
         loading = getattr(self, "loading", None)
         if isinstance(loading, bool):  # Gallery: every thumbnail is in
             return not loading

@@ -22,7 +22,7 @@ from runcomfy_nb.widgets.images import data_url
 
 
 class Panel(Snapshots, anywidget.AnyWidget):
-    """A widget shaped like `MachinePanel`: final once every row stopped."""
+    """A widget shaped like `MachinePanel`: final once every row is stopping or stopped."""
 
     _esm = "export default { render() {} }"
     rows = t.List(t.Dict()).tag(sync=True)
@@ -54,9 +54,9 @@ def test_a_live_widget_becomes_static_when_final_and_live_again_when_not(
     panel = Panel(rows=[{"state": "ready"}])
     panel._ipython_display_()
     assert WIDGET_VIEW in shown[0][0], "a running machine's panel is the live widget"
-    panel._apply_changes({"rows": [{"state": "stopped"}]}, settled=True)
+    panel._apply_changes({"rows": [{"state": "stopping"}]}, settled=True)  # the stop was confirmed
     data, kw = updated[-1]
-    assert WIDGET_VIEW not in data and "<p>stopped</p>" in data["text/html"]
+    assert WIDGET_VIEW not in data and "<p>stopping</p>" in data["text/html"]
     assert kw["display_id"] == shown[0][1]["display_id"]
     panel._apply_changes({"rows": [{"state": "stopped"}, {"state": "starting"}]}, settled=True)
     assert WIDGET_VIEW in updated[-1][0], "a new machine brings the live widget (and its buttons) back"
