@@ -132,9 +132,9 @@ class Entry:
 def _params(provenance: dict[str, Any]) -> dict[str, Any]:
     """What a row keeps of a job's provenance: all of it, but a serverless job's whole workflow (its
     deployment's saved workflow with the overrides kept here: tens of KB a job, rebuilt at will)."""
-    kept = without_secrets(provenance)
-    if "overrides" in kept or "inputs" in kept:
-        kept = {k: v for k, v in kept.items() if k != "workflow"}
+    if "overrides" in provenance or "inputs" in provenance:
+        provenance = {k: v for k, v in provenance.items() if k != "workflow"}
+    kept: dict[str, Any] = without_secrets(provenance)
     return kept
 
 
