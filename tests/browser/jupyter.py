@@ -249,9 +249,11 @@ def launched_chromium() -> Iterator[Any]:
             chrome.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Debian chromium (by its executable path, never a downloaded browser) for all."""
+    """A headless Debian chromium (by its executable path, never a downloaded browser) for the
+    module. Module-scoped: a sync Playwright holds an event loop in the main thread until it
+    stops, and every asyncio test after it would find that loop running."""
     with shared("browser", launched_chromium) as chrome:
         yield chrome
 
