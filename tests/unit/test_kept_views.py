@@ -7,11 +7,9 @@ from __future__ import annotations
 import base64
 import io
 import os
-from types import SimpleNamespace
 from typing import Any
 
 import anywidget
-import pytest
 import traitlets as t
 from PIL import Image
 
@@ -19,6 +17,10 @@ from runcomfy_nb.media import Media
 from runcomfy_nb.widgets import Gallery
 from runcomfy_nb.widgets.fallback import KEPT_IMAGE_BYTES, WIDGET_VIEW, Snapshots, fit_images
 from runcomfy_nb.widgets.images import data_url
+
+from .test_widgets import fake_kernel_display
+
+__all__ = ["fake_kernel_display"]  # a fixture, used by name
 
 
 class Panel(Snapshots, anywidget.AnyWidget):
@@ -31,26 +33,10 @@ class Panel(Snapshots, anywidget.AnyWidget):
         return "<div>" + "".join(f"<p>{row['state']}</p>" for row in self.rows) + "</div>"
 
 
-@pytest.fixture
-def kernel_display(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
-    """IPython's display/update_display as in a kernel, recorded."""
-    import IPython.display
-    from IPython.core.interactiveshell import InteractiveShell
-
-    shown: list[Any] = []
-    updated: list[Any] = []
-    monkeypatch.setattr(IPython.display, "display", lambda data, **kw: shown.append((data, kw)))
-    monkeypatch.setattr(IPython.display, "update_display", lambda data, **kw: updated.append((data, kw)))
-    monkeypatch.setattr(InteractiveShell, "initialized", classmethod(lambda cls: True))
-    monkeypatch.setattr(InteractiveShell, "instance",
-                        classmethod(lambda cls, *a, **k: SimpleNamespace(kernel=object())))
-    return shown, updated
-
-
 def test_a_live_widget_becomes_static_when_final_and_live_again_when_not(
-    kernel_display: tuple[list[Any], list[Any]],
+    fake_kernel_display: tuple[list[Any], list[Any]],
 ) -> None:
-    shown, updated = kernel_display
+    shown, updated = fake_kernel_display
     panel = Panel(rows=[{"state": "ready"}])
     panel._ipython_display_()
     assert WIDGET_VIEW in shown[0][0], "a running machine's panel is the live widget"
@@ -63,9 +49,9 @@ def test_a_live_widget_becomes_static_when_final_and_live_again_when_not(
 
 
 def test_a_gallery_displayed_with_its_final_state_is_static_at_once(
-    kernel_display: tuple[list[Any], list[Any]],
+    fake_kernel_display: tuple[list[Any], list[Any]],
 ) -> None:
-    shown, _ = kernel_display
+    shown, _ = fake_kernel_display
     gallery = Gallery([Media(url="", filename="a.png", kind="image")], text=["hello"])
     assert not gallery.loading  # nothing to fetch (no client): final
     gallery._ipython_display_()

@@ -260,8 +260,7 @@ class ComfyClient:
             await self.check(wf)
         run = self._new_run(wf.data, client_id or new_client_id())
         await run.connect()
-        kind, where = self._dialect.kind, self._where()
-        target = {"cloud": "comfy cloud"}.get(kind, kind)
+        kind, target, where = self._dialect.kind, self._target(), self._where()
         try:
             with submitting(kind, target, client_id=run.client_id, label=label, **where) as pending:
                 prompt_id, number = await self._post_prompt(wf, run.client_id, extra_data)
@@ -274,6 +273,10 @@ class ComfyClient:
                                 extra_data=extra_data)
         pending.taken(job, target=target, **where)
         return job
+
+    def _target(self) -> str:
+        """What provenance and the journal call this client's target: "comfyui" or "comfy cloud"."""
+        return {"cloud": "comfy cloud"}.get(self._dialect.kind, self._dialect.kind)
 
     def _where(self) -> dict[str, str]:
         """Where this client's jobs run, for the journal: the machine's server id or the URL of a
@@ -322,9 +325,8 @@ class ComfyClient:
         if item is not None:
             await run.connect()
         job = self._start(run, label)
-        kind = self._dialect.kind
         where = self._where()
-        journal().follow(job, target={"cloud": "comfy cloud"}.get(kind, kind), server=where.get("server"),
+        journal().follow(job, target=self._target(), server=where.get("server"),
                          base_url=where.get("base_url"))
         return job
 
