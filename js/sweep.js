@@ -60,7 +60,7 @@ function render({ model, el }) {
     if (!model.get("cancelling")) requested = false;
 
     const cells = model.get("cells") || [];
-    const layout = model.get("layout");
+    const layout = model.get("arrangement");
     const axes = model.get("axes") || [];
     grid.replaceChildren();
     grid.className = `rcnb-cells rcnb-${layout}`;

@@ -46,7 +46,8 @@ class SweepView(Snapshots, anywidget.AnyWidget):
     counts = t.Dict().tag(sync=True)
     eta = t.Float(None, allow_none=True).tag(sync=True)
     started_at = t.Float(0.0).tag(sync=True)
-    layout = t.Unicode("list").tag(sync=True)
+    # not `layout`: DOMWidget's Layout model has that name, and ipywidgets makes a view of it
+    arrangement = t.Unicode("list").tag(sync=True)
     axes = t.List(t.Dict()).tag(sync=True)  # [{"name": key, "values": [shown, ...]}, ...]
     cells = t.List(t.Dict()).tag(sync=True)  # [{"coords", "label", "state", "error", "thumb", "filename"}]
     cancelling = t.Bool(False).tag(sync=True)
@@ -55,7 +56,7 @@ class SweepView(Snapshots, anywidget.AnyWidget):
     def __init__(self, sweep: Sweep, **kwargs: Any) -> None:
         sweep = behind(sweep)
         axes = [{"name": k, "values": [shown_value(v) for v in vs]} for k, vs in sweep.axes.items()]
-        super().__init__(total=len(sweep.cells), started_at=sweep.started_at, layout=layout(sweep),
+        super().__init__(total=len(sweep.cells), started_at=sweep.started_at, arrangement=layout(sweep),
                          axes=axes, **kwargs)
         self.sweep = sweep
         self._cells = [self._entry(cell) for cell in sweep.cells]
@@ -180,7 +181,7 @@ class SweepView(Snapshots, anywidget.AnyWidget):
 
     def _html(self) -> str:
         rows: list[list[dict[str, Any]]] = []
-        if self.layout == "grid":
+        if self.arrangement == "grid":
             width = len(self.axes[1]["values"])
             rows = [self.cells[i:i + width] for i in range(0, len(self.cells), width)]
         else:

@@ -251,14 +251,7 @@ def test_gallery_images_decode_and_videos_play(run: Run) -> None:
         assert len(run.videos) >= 1, "tutorial 01 shows no <video>"
 
 
-# An open defect (issue 16, left open for it): in tutorial 04 JupyterLab's widget manager sometimes
-# fails making a view's layout ("reading 'then'" in create_child_view). Only that error is expected.
-OPEN_DEFECT = ("Cannot read properties of undefined (reading 'then')", "create_child_view")
-
-
 def test_no_console_errors_while_it_runs(run: Run) -> None:
-    if run.errors and all(all(part in e for part in OPEN_DEFECT) for e in run.errors):
-        pytest.xfail("the open create_child_view defect of issue 16: " + run.errors[0].splitlines()[0])
     assert not run.errors, "\n".join(run.errors[:10])
 
 
