@@ -49,7 +49,7 @@ async def test_twelve_jobs_four_at_a_time_fill_the_grid(client: rc.AsyncRunComfy
                                {"seed": SEEDS, "CLIP Text Encode (Positive Prompt).text": PROMPTS},
                                concurrency=4)
     view = SweepView(sweep)
-    assert view.layout == "grid" and view.total == 12
+    assert view.arrangement == "grid" and view.total == 12
     assert [a["values"] for a in view.axes] == [[str(s) for s in SEEDS], PROMPTS]
     seen_on_server = 0
 
