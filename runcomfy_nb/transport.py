@@ -3,7 +3,12 @@ and error replies mapped to the error tree (see `http_errors`). At most `max_in_
 on the wire at once (the pool and its keep-alive have as many connections): the others wait for a
 slot, and that wait is not part of their timeout. Calls that may not be repeated (submits) take at
 most three quarters of the slots, so status calls of running jobs are never stuck behind a flood of
-submits. A 429's Retry-After holds every call."""
+submits. A 429's Retry-After holds every call.
+
+Twelve slots by default: httpcore's pool scans its connections (and their sockets) at every call's
+start and end, quadratically in their number (`_assign_requests_to_connections`), so 32 connections
+cost a 10,000-job sweep a third more CPU and its loop-lag target, for no throughput: the status loop
+makes at most 16 calls at once and a deployment's submits take a few milliseconds each."""
 
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ class Transport:
         retry_timeout: float = 60.0,
         errors: ErrorMapper = api_error,
         http_transport: httpx.AsyncBaseTransport | None = None,
-        max_in_flight: int = 32,
+        max_in_flight: int = 12,
     ) -> None:
         self.service = service
         self._errors = errors
