@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from ..pids import pid_alive
+
 STATE_ENV = "RUNCOMFY_EMULATOR_STATE"
 TOKEN_ENV = "RUNCOMFY_EMULATOR_TOKEN"  # the token a new emulator accepts (never on its command line)
 START_TIMEOUT = 30.0  # seconds: a cold import of aiohttp and the emulator takes a second or two
@@ -100,16 +102,7 @@ def process_alive(pid: int) -> bool:
     child = _CHILDREN.get(pid)
     if child is not None:
         return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process holds the pid now
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        return stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    return True
+    return pid_alive(pid)
 
 
 def answers(kept: KeptEmulator, timeout: float = 2.0) -> bool:

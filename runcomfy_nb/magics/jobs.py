@@ -16,6 +16,7 @@ from .. import sync
 from ..errors import NotFound, ValidationError
 from ..jobs import Job, recent_jobs
 from ..journal import Entry, journal
+from ..pids import pid_alive
 from ..timefmt import format_duration
 from .core import Table
 from .run import deliver, seconds
@@ -34,18 +35,6 @@ def since(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
         raise ValueError(f"--since takes a span like 90m, 12h, 1d or 2w, not {text!r}")
     return time.time() - sum(float(n) * _UNITS[u] for n, u in parts)
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _answers(url: str) -> bool:
@@ -83,7 +72,7 @@ class JobList(Table):
     def note(self, entry: Entry, job: Job | None) -> str:
         if entry.status == "unknown":
             return entry.note or "its submit's outcome is unknown"
-        if entry.status == "submitting" and not _alive(entry.pid):
+        if entry.status == "submitting" and not pid_alive(entry.pid):
             return "its kernel ended while submitting: the outcome is unknown; check the service"
         if entry.status == "failed" and entry.error:
             return entry.error[:80]
@@ -95,7 +84,7 @@ class JobList(Table):
                 time.time() - entry.finished_at > days * 86400):
             return f"outputs deleted by the service ({days} days after the end)"
         if entry.active and (job is None or job.detached):
-            if entry.pid != os.getpid() and _alive(entry.pid):
+            if entry.pid != os.getpid() and pid_alive(entry.pid):
                 return "followed by another kernel"
             return f"not followed: %runcomfy attach {entry.id[:8]}"
         if job is not None and job.status.value == "queued" and job.position is not None:
