@@ -315,6 +315,17 @@ class Notebook:
         self.wait_cells_done(timeout)
         return time.monotonic() - started
 
+    def run_all_held(self, index: int, selector: str, timeout: float = 60) -> Any:
+        """Run ▸ Run All Cells, until `selector` shows in code cell `index` while that cell still
+        blocks (its job held on the server); returns the locator of `selector` there."""
+        self.wait_kernel_idle()
+        self.menu("Run", "Run All Cells")
+        cell = self.code_cell(index)
+        shown = cell.locator(selector)
+        shown.wait_for(state="visible", timeout=timeout * 1000)
+        assert cell.locator(".jp-InputPrompt").inner_text().strip() == "[*]:"
+        return shown
+
     def wait_cells_done(self, timeout: float, *, upto: int | None = None) -> None:
         """Until the code cells (the first `upto`, default all) show an execution count and none
         is queued or running; then until the kernel is idle."""
@@ -374,3 +385,10 @@ class Notebook:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.page.close()
+
+    def discard(self) -> None:
+        """Close the page and shut its kernel down (a test's cleanup)."""
+        self.close()
+        kid = self.kernel_id()
+        if kid is not None:
+            self.server.api("DELETE", f"kernels/{kid}")

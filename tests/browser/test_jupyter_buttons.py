@@ -19,13 +19,8 @@ HELD, CONFIRM_CANCEL, VERSION, LAUNCH, PANEL, CONFIRM_STOP = 2, 3, 4, 5, 6, 7  #
 def test_cancel_while_the_cell_blocks_and_stop_from_the_panel(browser: Any, lab: Server) -> None:
     notebook = Notebook.open(browser, lab, NAME)
     try:
-        notebook.wait_kernel_idle()
-        notebook.menu("Run", "Run All Cells")
-        held = notebook.code_cell(HELD)
-        cancel = held.locator('.rcnb-progress[data-status="queued"] .rcnb-cancel')
-        cancel.wait_for(state="visible", timeout=60_000)  # the job is held in the queue; the cell blocks
-        assert held.locator(".jp-InputPrompt").inner_text().strip() == "[*]:"
-        cancel.click()
+        # the job is held in the queue; the cell blocks
+        notebook.run_all_held(HELD, '.rcnb-progress[data-status="queued"] .rcnb-cancel').click()
         notebook.wait_cells_done(60, upto=HELD + 1)  # the blocking cell ended (Run All stops there)
         assert "cancelled" in notebook.cell_text(HELD)
 
@@ -55,7 +50,4 @@ def test_cancel_while_the_cell_blocks_and_stop_from_the_panel(browser: Any, lab:
         notebook.screenshot("buttons", full=True)
         assert not notebook.errors, "\n".join(notebook.errors[:10])
     finally:
-        notebook.close()
-        kid = notebook.kernel_id()
-        if kid is not None:
-            lab.api("DELETE", f"kernels/{kid}")
+        notebook.discard()

@@ -187,10 +187,7 @@ def run_tutorial(browser: Any, server: Server, name: str) -> Run:
         notebook.screenshot(f"{name[:2]}-reopened", full=True)
         run.reopened_errors = list(notebook.errors)
     finally:
-        notebook.close()
-        kid = notebook.kernel_id()  # the reopened notebook started a kernel of its own
-        if kid is not None:
-            server.api("DELETE", f"kernels/{kid}")
+        notebook.discard()  # the reopened notebook started a kernel of its own
     record = {k: v for k, v in vars(run).items() if k != "saved"}  # what the run saw, for the report
     (BUILD / f"{server.app}-{name[:2]}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     print(f"{server.app} {name}: Run All took {run.seconds:.1f} s")
