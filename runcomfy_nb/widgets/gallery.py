@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from io import BytesIO
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import anywidget
 import traitlets as t
@@ -115,6 +115,21 @@ def details(item: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def local_href(path: str | Path) -> str:
+    """A relative link to a saved file under the kernel's working directory ('' for any other):
+    JupyterLab and Notebook 7 start a kernel in the notebook's folder and resolve a relative link
+    in an output against it, serving the file through /files/, so a kept notebook's link works
+    while the server runs, with or without a kernel. No absolute path or URL goes in the HTML."""
+    if not path:
+        return ""
+    try:
+        target = Path(path).resolve()
+        relative = target.relative_to(Path.cwd().resolve())
+    except (OSError, ValueError):
+        return ""
+    return quote(relative.as_posix()) if target.is_file() else ""
+
+
 def _browser_url(media: Media) -> str:
     """The URL the browser may load by itself. Only a fetcher that vouches for a URL
     (`public_url(media)`, e.g. public storage) gives one: a machine's or a cloud's URL is a secret
@@ -136,7 +151,10 @@ class Gallery(Snapshots, anywidget.AnyWidget):
     """Media outputs as a grid of thumbnails (click for the full file), plus text outputs.
 
     `labels`, one per media item, are shown under the file names (a sweep's parameters);
-    `paths`, one per item, where each was saved (the static view links a large file there).
+    `paths`, one per item, where each was saved: the static view (what a loaded gallery's output
+    becomes, and what a kept notebook shows) links to a saved file under the notebook's folder to
+    open it full size and download it; `archive`, a ZIP path under that folder, is written with
+    every saved file once, for the static view's "download all".
     A file that cannot be read shows as a tile with the reason instead of raising.
     """
 
@@ -149,7 +167,7 @@ class Gallery(Snapshots, anywidget.AnyWidget):
 
     def __init__(self, media: Iterable[Media] | Media = (), text: Iterable[str] = (),
                  labels: Sequence[str] | None = None, paths: Sequence[str | Path | None] | None = None,
-                 **kwargs: Any) -> None:
+                 archive: str | Path | None = None, **kwargs: Any) -> None:
         given = behind(media)
         items = [given] if isinstance(given, Media) else [behind(m) for m in given]
         if labels is not None and len(labels) != len(items):
@@ -162,6 +180,8 @@ class Gallery(Snapshots, anywidget.AnyWidget):
         super().__init__(texts=texts, **kwargs)
         self.media = items
         self.paths = [str(x) if x else "" for x in paths] if paths is not None else [""] * len(items)
+        self.archive = Path(archive) if archive else None
+        self._archived = ""  # the archive's link once written
         self._small: dict[int, bytes] = {}  # index -> bytes of a file small enough to embed
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_msg(self._on_msg)
@@ -349,19 +369,25 @@ class Gallery(Snapshots, anywidget.AnyWidget):
         return "\n".join(lines)
 
     def _download_link(self, index: int, item: dict[str, Any]) -> str:
+        # a small file is embedded (it downloads anywhere, offline too); a larger one links to
+        # where it was saved, which the Jupyter server serves
         small = self._small.get(index)
-        if small is not None:
-            href = data_url(small, item["mime"])
+        href = data_url(small, item["mime"]) if small is not None else local_href(self.paths[index])
+        if href:
             return (f'<a download="{esc(item["filename"])}" href="{href}" '
                     'style="color:#2563eb">⬇ download</a>')
         if self.paths[index]:
             return f'<span style="color:#6b7280">saved: {esc(self.paths[index])}</span>'
         return ""
 
-    def _visual(self, item: dict[str, Any]) -> str:
+    def _visual(self, index: int, item: dict[str, Any]) -> str:
         if item["thumb"]:
-            return (f'<img src="{item["thumb"]}" alt="{esc(item["filename"])}" '
-                    'style="display:block;max-width:192px;max-height:192px;border-radius:4px">')
+            img = (f'<img src="{item["thumb"]}" alt="{esc(item["filename"])}" '
+                   'style="display:block;max-width:192px;max-height:192px;border-radius:4px">')
+            # the full file, opened by the front end (JupyterLab: its image viewer), is the enlarge
+            # a static view can offer without a script
+            href = local_href(self.paths[index])
+            return f'<a href="{href}" target="_blank" title="open full size">{img}</a>' if href else img
         if item.get("src") and item["size"] <= STATIC_INLINE_BYTES and item["kind"] in ("video", "audio"):
             tag = item["kind"]
             return (f'<{tag} controls preload="metadata" src="{item["src"]}" '
@@ -384,9 +410,16 @@ class Gallery(Snapshots, anywidget.AnyWidget):
             link = self._download_link(index, item)
             if link:
                 caption += f"<div>{link}</div>"
-            tiles.append(f'<figure style="margin:0;width:192px">{self._visual(item)}'
+            tiles.append(f'<figure style="margin:0;width:192px">{self._visual(index, item)}'
                          f'<figcaption style="font-size:12px">{caption}</figcaption></figure>')
         parts = [f'<div class="runcomfy-gallery" style="{FONT}">']
+        everything = self._archive_href()
+        if everything:
+            total = human_size(sum(item.get("size") or 0 for item in self.items))
+            name = esc(self.archive.name if self.archive else "")
+            parts.append(f'<div style="margin-bottom:6px"><a download="{name}" '
+                         f'href="{everything}" style="color:#2563eb">⬇ download all '
+                         f'({len(self.items)} files, {total})</a></div>')
         if tiles:
             parts.append(f'<div style="display:flex;flex-wrap:wrap;gap:8px">{"".join(tiles)}</div>')
         if self.texts:
@@ -394,6 +427,23 @@ class Gallery(Snapshots, anywidget.AnyWidget):
             parts.append(f'<ul style="padding-left:18px">{quoted}</ul>')
         parts.append("</div>")
         return "".join(parts)
+
+    def _archive_href(self) -> str:
+        """The link to `archive`, written (once) from the saved files when every item has one under
+        the notebook's folder; '' when not asked for or not possible."""
+        if self._archived or self.archive is None or not self.media:
+            return self._archived
+        if not all(map(local_href, self.paths)):
+            return ""
+        try:
+            self.archive.parent.mkdir(parents=True, exist_ok=True)
+            self.archive.write_bytes(zipped([Path(p).name for p in self.paths],
+                                            [Path(p).read_bytes() for p in self.paths]))
+        except OSError:
+            log.warning("could not write %s", self.archive.name, exc_info=True)
+            return ""
+        self._archived = local_href(self.archive)
+        return self._archived
 
 
 def zipped(names: list[str], contents: list[bytes]) -> bytes:
