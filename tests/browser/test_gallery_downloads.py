@@ -1,7 +1,7 @@
-"""A loaded gallery's downloads in a real JupyterLab (issue 16, point 3): its output is the static
-view (what the notebook keeps), and there, live and after the notebook is saved, its kernel shut down
-and reopened, the per-file download of a file over 32 KB and "download all" yield the exact bytes
-(Playwright's expect_download), served by Jupyter from where the files were saved."""
+"""A loaded gallery's downloads in a real JupyterLab and Notebook 7 (issue 16, point 3): its output
+is the static view (what the notebook keeps), and there, live and after the notebook is saved, its
+kernel shut down and reopened, the per-file download of a file over 32 KB and "download all" yield
+the exact bytes (Playwright's expect_download), served by Jupyter from where the files were saved."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import pytest
 
-from .jupyter import Notebook, Server, browser, lab
+from .jupyter import Notebook, browser, lab, notebook7
 
-__all__ = ["browser", "lab"]  # the fixtures, used by name
+__all__ = ["browser", "lab", "notebook7"]  # the fixtures, used by name
 
 NAME = "gallery_downloads.ipynb"
 CELL = '''\
@@ -70,7 +71,10 @@ def check_downloads(notebook: Notebook, root: Path) -> None:
     assert notebook.page.evaluate("(img) => img.naturalWidth", image.element_handle()) > 0
 
 
-def test_per_file_download_and_download_all_live_and_kept(browser: Any, lab: Server) -> None:
+@pytest.mark.parametrize("app", ["lab", "notebook7"])
+def test_per_file_download_and_download_all_live_and_kept(browser: Any, app: str,
+                                                          request: pytest.FixtureRequest) -> None:
+    lab = request.getfixturevalue(app)  # JupyterLab, then Notebook 7
     write_notebook(lab.root)
     notebook = Notebook.open(browser, lab, NAME)
     try:
