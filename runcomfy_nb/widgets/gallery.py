@@ -7,13 +7,11 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from io import BytesIO
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import anywidget
 import traitlets as t
@@ -22,6 +20,7 @@ from ..loops import behind, on_loop_thread, spawn, submit
 from ..media import ANIMATED_EXT, Media
 from .assets import css, esm
 from .fallback import FONT, Snapshots, error_text, esc
+from .files import local_href, write_archive, zipped
 from .images import data_url, dimensions, downscale, downscale_animation, frame_count, human_size
 
 log = logging.getLogger("runcomfy_nb")
@@ -113,21 +112,6 @@ def details(item: dict[str, Any]) -> str:
     if item.get("width") and item.get("height"):
         parts.append(f"{item['width']}×{item['height']}")
     return " · ".join(parts)
-
-
-def local_href(path: str | Path) -> str:
-    """A relative link to a saved file under the kernel's working directory ('' for any other):
-    JupyterLab and Notebook 7 start a kernel in the notebook's folder and resolve a relative link
-    in an output against it, serving the file through /files/, so a kept notebook's link works
-    while the server runs, with or without a kernel. No absolute path or URL goes in the HTML."""
-    if not path:
-        return ""
-    try:
-        target = Path(path).resolve()
-        relative = target.relative_to(Path.cwd().resolve())
-    except (OSError, ValueError):
-        return ""
-    return quote(relative.as_posix()) if target.is_file() else ""
 
 
 def _browser_url(media: Media) -> str:
@@ -429,34 +413,7 @@ class Gallery(Snapshots, anywidget.AnyWidget):
         return "".join(parts)
 
     def _archive_href(self) -> str:
-        """The link to `archive`, written (once) from the saved files when every item has one under
-        the notebook's folder; '' when not asked for or not possible."""
-        if self._archived or self.archive is None or not self.media:
-            return self._archived
-        if not all(map(local_href, self.paths)):
-            return ""
-        try:
-            self.archive.parent.mkdir(parents=True, exist_ok=True)
-            self.archive.write_bytes(zipped([Path(p).name for p in self.paths],
-                                            [Path(p).read_bytes() for p in self.paths]))
-        except OSError:
-            log.warning("could not write %s", self.archive.name, exc_info=True)
-            return ""
-        self._archived = local_href(self.archive)
+        """The link to `archive`, written once (see `write_archive`); '' when not asked for."""
+        if not self._archived and self.archive is not None and self.media:
+            self._archived = write_archive(self.archive, self.paths)
         return self._archived
-
-
-def zipped(names: list[str], contents: list[bytes]) -> bytes:
-    """One ZIP of the files, each under its own name (`name (2).ext` for a repeated one); media is
-    already compressed, so stored as it is."""
-    out, seen = BytesIO(), set()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in zip(names, contents, strict=True):
-            stem, dot, ext = name.rpartition(".") if "." in name else (name, "", "")
-            unique, n = name, 1
-            while unique in seen:
-                n += 1
-                unique = f"{stem} ({n}){dot}{ext}"
-            seen.add(unique)
-            archive.writestr(unique, data)
-    return out.getvalue()

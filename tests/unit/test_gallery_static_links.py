@@ -12,7 +12,7 @@ import pytest
 
 from runcomfy_nb.widgets import Gallery
 from runcomfy_nb.widgets.fallback import fit_images
-from runcomfy_nb.widgets.gallery import local_href
+from runcomfy_nb.widgets.files import local_href
 
 from .test_gallery_downloads import Fetcher, _empty_cache, files, media_for, thread_loop
 
