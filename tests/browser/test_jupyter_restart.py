@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
 from runcomfy_nb.emulator import process
 
@@ -123,8 +124,12 @@ def check_live(notebook: Notebook, run: Run) -> None:
     text = notebook.cell_text(0)
     if found := PID.search(text):
         run.emulator_pid = int(found.group(1))
-    # the attached job's live widget is replaced by its static view once final: until that shows
-    notebook.code_cell(ATTACH).locator(".runcomfy-progress").wait_for(timeout=60_000)
+    # the attached job's live widget is replaced by its static view once final: until that shows,
+    # or an error does (60 s at most; the tests then say what the cell showed)
+    shown = notebook.code_cell(ATTACH).locator(
+        ".runcomfy-progress, [data-mime-type='application/vnd.jupyter.stderr']")
+    with contextlib.suppress(PlaywrightError):
+        shown.first.wait_for(timeout=60_000)
     run.live = page.evaluate(LIVE_JS)
     run.images_total, run.images = decode_images(notebook, IMAGES)
     run.errors = list(notebook.errors)
