@@ -6,7 +6,9 @@ play, the console stays clean. Then save, shut the kernel down, reopen, and chec
 no "model not found", each job's final status text, thumbnails that decode.
 
 Tutorial 05 restarts its kernel from its own cell: Run All cannot follow that (the cells queued
-behind the restart are dropped), so it is left to tests/integration/test_tutorial_restart.py.
+behind the restart are dropped), so test_jupyter_restart.py runs it as a reader does (Run All, then
+Run Selected Cell and All Below from the first cell after the restart); also
+tests/integration/test_tutorial_restart.py (through jupyter_client).
 One run per (app, tutorial), cached: the live and the reopened checks are separate tests.
 """
 
