@@ -9,6 +9,7 @@ import base64
 import html
 import logging
 import re
+import weakref
 from functools import lru_cache
 from typing import Any
 
@@ -40,6 +41,11 @@ class Snapshots:
     static view alone, which every front end renders without a kernel; before that (and again,
     should a final state change, e.g. a panel seeing a new machine) as the live widget. Only in
     a kernel: a terminal IPython would print the update as a stray line.
+
+    When the kernel ends (`exit`, a restart from a cell or a shutdown request: IPython's
+    `exit_now`) while a widget is not final, its outputs get the static view with `_left_behind`
+    said under it: no update can reach them from a new kernel, and a widget view would read
+    "model not found" once the notebook is reopened.
     """
 
     _display_ids: list[str]
@@ -70,10 +76,18 @@ class Snapshots:
             return not loading
         return False
 
-    def static_bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _left_behind(self) -> str:
+        """What the static view says when the kernel ended before this widget was final."""
+        return "The kernel ended before this did: this is the last state it showed."
+
+    def static_bundle(self, note: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
         """The static view alone (text/plain, text/html; no widget view), each inline image at
-        most `KEPT_IMAGE_BYTES`: what a front end without the kernel renders."""
-        return {"text/plain": self._text(), "text/html": fit_images(self._html())}, {}
+        most `KEPT_IMAGE_BYTES`, with `note` under it: what a front end without the kernel renders."""
+        text, markup = self._text(), fit_images(self._html())
+        if note:
+            text += f"\n{note}"
+            markup += f'<div style="{FONT};color:#6b7280">{esc(note)}</div>'
+        return {"text/plain": text, "text/html": markup}, {}
 
     def kept_bundle(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """What an output should hold now: the static view once the state is final, else the
@@ -103,9 +117,10 @@ class Snapshots:
             return
         self._display_ids = [*getattr(self, "_display_ids", []), display_id]
         display(data, metadata=meta, raw=True, display_id=display_id)
+        _watch_kernel_exit(InteractiveShell.instance(), self)
 
-    def _refresh_displays(self) -> None:
-        if not getattr(self, "_display_ids", None):
+    def _refresh_displays(self, bundle: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
+        if not getattr(self, "_display_ids", None) or (_EXITING and bundle is None):
             return
         try:
             from IPython.core.interactiveshell import InteractiveShell
@@ -115,11 +130,40 @@ class Snapshots:
                 return
             from IPython.display import update_display
 
-            data, meta = self.kept_bundle()
+            data, meta = bundle or self.kept_bundle()
             for display_id in self._display_ids:
                 update_display(data, metadata=meta, raw=True, display_id=display_id)
         except Exception:  # a cosmetic refresh must never break the job
             logging.getLogger("runcomfy_nb").debug("could not refresh a display", exc_info=True)
+
+
+_SHOWN: weakref.WeakSet[Snapshots] = weakref.WeakSet()  # displayed in this kernel
+_WATCHED: list[Any] = []  # the shell whose exit is watched
+_EXITING = False  # the kernel is ending: the left-behind views are final, no refresh undoes them
+
+
+def _watch_kernel_exit(shell: Any, widget: Snapshots) -> None:
+    _SHOWN.add(widget)
+    observe = getattr(shell, "observe", None)
+    if getattr(shell, "kernel", None) is None or observe is None or any(s is shell for s in _WATCHED):
+        return
+    _WATCHED.append(shell)
+    observe(_kernel_exiting, names=["exit_now"])
+
+
+def _kernel_exiting(change: Any) -> None:
+    """The kernel ends: every displayed widget that is not final gets its static view, said as
+    left behind (the update still reaches the outputs while this kernel's session lasts)."""
+    global _EXITING
+    if not change["new"] or _EXITING:
+        return
+    _EXITING = True
+    for widget in list(_SHOWN):
+        try:
+            if not widget._final():
+                widget._refresh_displays(widget.static_bundle(widget._left_behind()))
+        except Exception:  # one widget must not keep the others live
+            logging.getLogger("runcomfy_nb").debug("could not keep a display", exc_info=True)
 
 
 _INLINE_IMAGE = re.compile(r'(<img\b[^>]*?\bsrc=")data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=]+)(")')

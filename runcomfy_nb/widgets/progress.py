@@ -180,6 +180,10 @@ class JobProgress(Snapshots, anywidget.AnyWidget):
         name = self.label if self.label and self.label != self.job_id else self.kind
         return f"{name}/{short_id(self.job_id)}"
 
+    def _left_behind(self) -> str:
+        return (f"The kernel ended while this job was {self.status}; the job goes on without it. "
+                f"In a new kernel, %runcomfy attach {self.job_id[:8]} follows it again.")
+
     def __repr__(self) -> str:
         return f"<JobProgress {self._name()} {self._summary()}>"
 

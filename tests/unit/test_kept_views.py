@@ -7,9 +7,12 @@ from __future__ import annotations
 import base64
 import io
 import os
+import weakref
+from types import SimpleNamespace
 from typing import Any
 
 import anywidget
+import pytest
 import traitlets as t
 from PIL import Image
 
@@ -91,3 +94,43 @@ def test_fit_images_keeps_an_animation_moving() -> None:
     assert len(payload) <= KEPT_IMAGE_BYTES
     with Image.open(io.BytesIO(base64.b64decode(payload))) as image:
         assert getattr(image, "n_frames", 1) > 1
+
+
+class Shell(t.HasTraits):
+    """IPython's shell as far as a kernel's exit goes: `exit_now` set by `exit` or `do_shutdown`."""
+
+    exit_now = t.Bool(False)
+    kernel = object()
+
+
+def test_a_kernel_that_ends_keeps_its_unfinished_widgets_as_static_views(
+    fake_kernel_display: tuple[list[Any], list[Any]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from runcomfy_nb.widgets import fallback
+
+    shell = Shell()
+    monkeypatch.setattr(InteractiveShell, "instance", classmethod(lambda cls, *a, **k: shell))
+    monkeypatch.setattr(fallback, "_EXITING", False)
+    monkeypatch.setattr(fallback, "_WATCHED", [])
+    monkeypatch.setattr(fallback, "_SHOWN", weakref.WeakSet())
+    shown, updated = fake_kernel_display
+    running, stopped = Panel(rows=[{"state": "ready"}]), Panel(rows=[{"state": "stopped"}])
+    running._ipython_display_()
+    stopped._ipython_display_()
+    assert WIDGET_VIEW in shown[0][0] and not updated
+    shell.exit_now = True
+    (data, kw), = updated  # the final one is static already: only the running one is re-sent
+    assert kw["display_id"] == shown[0][1]["display_id"] and WIDGET_VIEW not in data
+    assert "<p>ready</p>" in data["text/html"] and "The kernel ended" in data["text/html"]
+    assert "The kernel ended" in data["text/plain"]
+    running._apply_changes({"rows": [{"state": "starting"}]}, settled=True)
+    assert len(updated) == 1, "a late refresh of the ending kernel must not bring the widget view back"
+
+
+def test_a_job_left_behind_says_how_to_follow_it_again() -> None:
+    from runcomfy_nb.widgets import JobProgress
+
+    note = JobProgress._left_behind(SimpleNamespace(status="running", job_id="84cfb70b-1234"))  # type: ignore[arg-type]
+    assert "while this job was running" in note and "%runcomfy attach 84cfb70b " in note
