@@ -212,6 +212,8 @@ class Media:
     @classmethod
     def from_url(cls, url: str, *, key: str = ..., node: str | None = ..., fetcher: Fetcher | None = ..., **extra: Any) -> Media: ...
     @property
+    def saved(self) -> Path | None: """Where it was last saved, if it was."""
+    @property
     def mime(self) -> str: ...
     def read(self) -> bytes: """The file's bytes."""
     def save(self, directory: str | Path | None = ..., name: str | None = ...) -> Path: """Download into `directory` (default: `output_dir()`), streamed and written atomically; returns the path written. It never overwrites a file: when the name is taken, the file is saved as `name (1).ext`, `name (2).ext`, ... (see `claim`). The file carries the job's provenance: in a PNG's text chunks or a WebP's EXIF, else in `<name>.json` beside it."""
@@ -222,6 +224,7 @@ class Media:
     subfolder: str
     type: str
     provenance: dict[str, Any]
+    copies: list[Path]
 
 
 @type_check_only

@@ -144,6 +144,7 @@ class Media:
     _fetcher: Fetcher | None = field(default=None, repr=False, compare=False)
     # what produced it (`Job.provenance`); a save embeds it (see `provenance.embed`)
     provenance: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    copies: list[Path] = field(default_factory=list, repr=False, compare=False)  # where `save` wrote it
 
     @classmethod
     def from_url(cls, url: str, *, key: str = "", node: str | None = None,
@@ -152,6 +153,11 @@ class Media:
         return cls(url=url, filename=filename, kind=classify(filename, key), node=node,
                    subfolder=extra.get("subfolder") or "", type=extra.get("type") or "output",
                    _fetcher=fetcher)
+
+    @property
+    def saved(self) -> Path | None:
+        """Where it was last saved, if it was."""
+        return self.copies[-1] if self.copies else None
 
     @property
     def mime(self) -> str:
@@ -174,6 +180,7 @@ class Media:
         folder = output_dir() if directory is None else Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         path = await self._require_fetcher().save(self, folder / safe_filename(name or self.filename))
+        self.copies.append(path)
         if self.provenance:
             embed(path, self.provenance)
             job_id = self.provenance.get("job_id")

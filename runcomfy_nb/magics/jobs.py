@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -169,7 +170,12 @@ def attach(magics: Any, line: str, cell: str | None) -> Any:
         job = _live(entry.id) or _follow(entry)
     except NotFound as exc:
         raise ValidationError(f"{exc} {_copies(saved)}") from None
-    return deliver(magics, job, args)
+    result = deliver(magics, job, args)
+    copies = {o["filename"]: Path(o["path"]) for o in entry.outputs if o.get("path") in saved}
+    for media in getattr(sync.unwrap(result), "media", ()):  # copies saved before: its gallery links them
+        if not media.copies and media.filename in copies:
+            media.copies.append(copies[media.filename])
+    return result
 
 
 def _copies(saved: list[str]) -> str:

@@ -165,7 +165,7 @@ class Gallery(Snapshots, anywidget.AnyWidget):
         self.media = items
         self.paths = [str(x) if x else "" for x in paths] if paths is not None else [""] * len(items)
         self.archive = Path(archive) if archive else None
-        self._archived = ""  # the archive's link once written
+        self._archived: str | None = None  # the archive's link once tried ('': not written)
         self._small: dict[int, bytes] = {}  # index -> bytes of a file small enough to embed
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_msg(self._on_msg)
@@ -352,11 +352,11 @@ class Gallery(Snapshots, anywidget.AnyWidget):
             lines.append(f'  "{text if len(text) <= 200 else text[:199] + "…"}"')
         return "\n".join(lines)
 
-    def _download_link(self, index: int, item: dict[str, Any]) -> str:
+    def _download_link(self, index: int, item: dict[str, Any], local: str) -> str:
         # a small file is embedded (it downloads anywhere, offline too); a larger one links to
-        # where it was saved, which the Jupyter server serves
+        # where it was saved (`local`), which the Jupyter server serves
         small = self._small.get(index)
-        href = data_url(small, item["mime"]) if small is not None else local_href(self.paths[index])
+        href = data_url(small, item["mime"]) if small is not None else local
         if href:
             return (f'<a download="{esc(item["filename"])}" href="{href}" '
                     'style="color:#2563eb">⬇ download</a>')
@@ -364,14 +364,13 @@ class Gallery(Snapshots, anywidget.AnyWidget):
             return f'<span style="color:#6b7280">saved: {esc(self.paths[index])}</span>'
         return ""
 
-    def _visual(self, index: int, item: dict[str, Any]) -> str:
+    def _visual(self, item: dict[str, Any], local: str) -> str:
         if item["thumb"]:
             img = (f'<img src="{item["thumb"]}" alt="{esc(item["filename"])}" '
                    'style="display:block;max-width:192px;max-height:192px;border-radius:4px">')
             # the full file, opened by the front end (JupyterLab: its image viewer), is the enlarge
             # a static view can offer without a script
-            href = local_href(self.paths[index])
-            return f'<a href="{href}" target="_blank" title="open full size">{img}</a>' if href else img
+            return f'<a href="{local}" target="_blank" title="open full size">{img}</a>' if local else img
         if item.get("src") and item["size"] <= STATIC_INLINE_BYTES and item["kind"] in ("video", "audio"):
             tag = item["kind"]
             return (f'<{tag} controls preload="metadata" src="{item["src"]}" '
@@ -391,10 +390,11 @@ class Gallery(Snapshots, anywidget.AnyWidget):
                 caption += f'<div style="color:#6b7280">{esc(item["label"])}</div>'
             if item["error"]:
                 caption += f'<div style="color:#dc2626">{esc(item["error"])}</div>'
-            link = self._download_link(index, item)
+            local = local_href(self.paths[index])
+            link = self._download_link(index, item, local)
             if link:
                 caption += f"<div>{link}</div>"
-            tiles.append(f'<figure style="margin:0;width:192px">{self._visual(index, item)}'
+            tiles.append(f'<figure style="margin:0;width:192px">{self._visual(item, local)}'
                          f'<figcaption style="font-size:12px">{caption}</figcaption></figure>')
         parts = [f'<div class="runcomfy-gallery" style="{FONT}">']
         everything = self._archive_href()
@@ -414,6 +414,6 @@ class Gallery(Snapshots, anywidget.AnyWidget):
 
     def _archive_href(self) -> str:
         """The link to `archive`, written once (see `write_archive`); '' when not asked for."""
-        if not self._archived and self.archive is not None and self.media:
+        if self._archived is None and self.archive is not None and self.media:
             self._archived = write_archive(self.archive, self.paths)
-        return self._archived
+        return self._archived or ""

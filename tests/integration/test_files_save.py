@@ -57,6 +57,7 @@ async def test_output_dir_is_the_default_of_every_save(client: rc.AsyncRunComfy,
     every = await result.save()
     assert one.parent == tmp_path / "renders"
     assert {p.parent for p in every} == {tmp_path / "renders"} and len(every) == len(result.media)
+    assert result.media[0].copies == [one, every[0]] and result.media[0].saved == every[0]
     assert not (tmp_path / "outputs").exists()
 
 
@@ -70,5 +71,6 @@ async def test_auto_save_downloads_each_finished_job(client: rc.AsyncRunComfy, t
     saved = sorted(p.name for p in folder.iterdir())  # there as soon as the result is
     assert len(saved) == len(result.media) > 0
     assert sorted(m.filename for m in result.media) == saved
+    assert sorted(m.saved.name for m in result.media if m.saved) == saved  # the gallery links them
     said = capsys.readouterr().out
     assert str(folder) in said and all(name in said for name in saved)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
+from runcomfy_nb import jobs
 from runcomfy_nb.journal import journal as the_journal
 from runcomfy_nb.magics.jobs import JobList
 
@@ -55,6 +57,20 @@ def test_attaching_a_finished_job_shows_its_result_again(ip: InteractiveShell,
     result, text = run(ip, f"%runcomfy attach {first.job_id[:8]} --out shown", capsys)
     assert result.success, text  # type: ignore[attr-defined]
     assert [m.filename for m in ip.user_ns["shown"].media] == [m.filename for m in first.media]
+
+
+
+def test_an_attached_result_links_the_copies_saved_before(ip: InteractiveShell, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    run(ip, f"%%runcomfy run {FLUX} --out kept\n31.seed = 14\n", capsys)
+    kept = ip.user_ns["kept"]
+    copy = kept.media[0].save(tmp_path)
+    monkeypatch.setattr(jobs, "_RECENT", deque())  # as in a new kernel: known from the journal only
+    result, text = run(ip, f"%runcomfy attach {kept.job_id[:8]} --out back", capsys)
+    assert result.success, text  # type: ignore[attr-defined]
+    back = ip.user_ns["back"].media  # new objects, from the service: the journal knows the copy
+    assert back[0].saved == copy.resolve() and all(m.saved is None for m in back[1:])
 
 
 def test_outputs_the_service_deleted_are_said_gone_with_the_saved_copies(

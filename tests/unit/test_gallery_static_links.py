@@ -85,3 +85,29 @@ def test_no_archive_link_when_a_file_is_not_saved_under_the_folder(thread_loop: 
                       paths=[paths[0], None], archive=tmp_path / "all.zip")
     assert "download all" not in gallery.static_bundle()[0]["text/html"]
     assert not (tmp_path / "all.zip").exists()
+
+
+def test_a_job_result_shown_by_default_links_its_saved_copies(thread_loop: asyncio.AbstractEventLoop,
+                                                              tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The printer IPython uses for a cell's JobResult: once its media were saved (`auto_save`,
+    `save()`, an attached job's copies), its kept view downloads them, each and all."""
+    from runcomfy_nb import _result_as_gallery
+    from runcomfy_nb.events import JobResult
+
+    monkeypatch.chdir(tmp_path)
+    data = files()
+    names = ("still.png", "long.mp4")
+    media = media_for(Fetcher(data, thread_loop), *names)
+    result = JobResult("84cfb70b-1234", media=media)
+    before = _result_as_gallery(result)[0]["text/html"]
+    assert 'href="outputs/still.png"' not in before and "download all" not in before
+    for item, path in zip(media, saved(tmp_path / "outputs", data, *names), strict=True):
+        item.copies.append(path)  # as `Media.save` records it
+    html = _result_as_gallery(result)[0]["text/html"]
+    # before: the default display built its Gallery without the saved paths, so neither link
+    assert '<a download="still.png" href="outputs/still.png"' in html
+    assert '<a download="84cfb70b outputs.zip" href="outputs/84cfb70b%20outputs.zip"' in html
+    with zipfile.ZipFile(tmp_path / "outputs" / "84cfb70b outputs.zip") as archive:
+        assert archive.namelist() == list(names)
+    assert str(tmp_path) not in html
