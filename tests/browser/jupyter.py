@@ -372,6 +372,18 @@ class Notebook:
             self.server.api("DELETE", f"kernels/{kid}")
         wait_for(lambda: self.kernel_id() is None or not self.server.kernels(), 30, "the kernel gone")
 
+    def reopen(self) -> str:
+        """Save, shut the kernel down, reopen the page without a kernel, until no widget is still
+        loading; the errors are counted from the reopen on. Returns the saved notebook's text."""
+        self.save_and_shutdown()
+        saved = (self.server.root / self.name).read_text(encoding="utf-8")
+        self.errors.clear()
+        self.load()
+        self.page.wait_for_load_state("networkidle")
+        self.page.wait_for_function("() => !document.body.innerText.includes('Loading widget')",
+                                    timeout=30_000)
+        return saved
+
     def screenshot(self, name: str, locator: Any | None = None, *, full: bool = False) -> Path:
         """A PNG in build/browser/ of `locator` (default: the page; `full`: all of it)."""
         BUILD.mkdir(parents=True, exist_ok=True)

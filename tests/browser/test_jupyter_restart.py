@@ -157,13 +157,7 @@ def run_tutorial(browser: Any, server: Server) -> Run:
                 wait_for(lambda: not process.process_alive(run.emulator_pid), 30, "the kept emulator")
         run.emulator_after = (state.exists() and process.read_state(state) is not None,
                               bool(run.emulator_pid) and process.process_alive(run.emulator_pid))
-        notebook.save_and_shutdown()
-        run.saved = (server.root / NAME).read_text(encoding="utf-8")
-        notebook.errors.clear()
-        notebook.load()
-        notebook.page.wait_for_load_state("networkidle")
-        notebook.page.wait_for_function("() => !document.body.innerText.includes('Loading widget')",
-                                        timeout=30_000)
+        run.saved = notebook.reopen()
         run.reopened = notebook.page.evaluate(LIVE_JS)
         run.reopened_images_total, run.reopened_images = decode_images(notebook, IMAGES)
         notebook.screenshot("05-reopened", full=True)
