@@ -1,5 +1,6 @@
-"""What every HTTP call of ours shares: the User-Agent, the retry rule, one warning line per outage,
-and no URL in the logs of httpx, httpcore or websockets.
+"""What every HTTP call of ours shares: the User-Agent, one TLS context (loading the CA bundle
+takes tens of milliseconds, once per process), the retry rule, one warning line per outage, and
+no URL in the logs of httpx, httpcore or websockets.
 
 Retries (stamina) follow one rule: a call is retried only when repeating it cannot cost money.
 Idempotent calls (GET, status polls, DELETE of a machine) and downloads retry on connection errors,
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import re
+import ssl
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -26,6 +29,14 @@ from .errors import APIError, RateLimited, ServerError
 USER_AGENT = f"runcomfy_nb/{__version__}"
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 MAX_RETRY_AFTER = 30.0
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The TLS context of every client of ours (httpx's default: certifi, or SSL_CERT_FILE/DIR)."""
+    return httpx.create_ssl_context()
+
+
 _URL = re.compile(r"\b(?:https?|wss?)://\S+|(?<=host=)'[^']*'|(?<=host=)\"[^\"]*\"")
 
 

@@ -19,7 +19,7 @@ import stamina
 
 from .errors import TransportError
 from .http_errors import api_error, parse_body
-from .http_policy import USER_AGENT, answered, retries_of, retry_hook
+from .http_policy import USER_AGENT, answered, retries_of, retry_hook, tls_context
 from .media import Media, claim
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
@@ -92,7 +92,7 @@ class Storage:
             self.loop = None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True,
-            headers={"User-Agent": USER_AGENT}, transport=http_transport,
+            headers={"User-Agent": USER_AGENT}, transport=http_transport, verify=tls_context(),
         )
 
     def __repr__(self) -> str:

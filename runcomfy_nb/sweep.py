@@ -371,10 +371,11 @@ def start_sweep(submit: Submit, axes: Mapping[str, Sequence[Any]], *,
     """A running Sweep of `submit(overrides)` over the combinations of `axes` merged over `base`
     (call inside the event loop). Axis keys are resolved against `workflow` when it is known."""
     targets = {key: resolve_axis(key, workflow) for key in axes}
-    cells = []
-    for n, params in enumerate(combinations(axes, zip=zip)):
-        coords = (n,) if zip else tuple(list(axes[k]).index(v) for k, v in params.items())
-        cells.append(Cell(n, params, coords, merged_overrides(base, params, targets, workflow)))
+    rows = combinations(axes, zip=zip)
+    grid = ([(n,) for n in range(len(rows))] if zip
+            else itertools.product(*(range(len(values)) for values in axes.values())))
+    cells = [Cell(n, params, coords, merged_overrides(base, params, targets, workflow))
+             for n, (params, coords) in enumerate(builtins.zip(rows, grid, strict=True))]
     return Sweep(submit, cells, concurrency=concurrency, axes=axes, zipped=zip)
 
 

@@ -23,7 +23,16 @@ import stamina
 from .config import Secret
 from .errors import RateLimited, SubmitUncertain, TransportError
 from .http_errors import ErrorMapper, api_error, parse_body
-from .http_policy import MAX_RETRY_AFTER, NEVER_SENT, USER_AGENT, answered, reason, retries_of, retry_hook
+from .http_policy import (
+    MAX_RETRY_AFTER,
+    NEVER_SENT,
+    USER_AGENT,
+    answered,
+    reason,
+    retries_of,
+    retry_hook,
+    tls_context,
+)
 from .ratelimit import RateLimiter
 
 
@@ -63,7 +72,7 @@ class Transport:
             base_url=base_url,
             timeout=httpx.Timeout(timeout, connect=10.0),
             headers={"User-Agent": USER_AGENT},
-            transport=http_transport,
+            transport=http_transport, verify=tls_context(),
             limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight,
                                 keepalive_expiry=30.0),
         )

@@ -156,6 +156,15 @@ async def test_every_combination_once_over_the_base_with_bounded_concurrency() -
     assert sweep.counts["succeeded"] == 6 and sweep.eta == 0.0
 
 
+async def test_each_cell_has_its_own_place_in_the_grid_even_for_a_repeated_value() -> None:
+    server = Server()
+    sweep = start_sweep(server.submit, {"seed": [5, 5], "Positive Prompt.text": ["a", "b", "a"]},
+                        workflow=WORKFLOW, concurrency=2)
+    cells = await sweep.result()
+    assert [c.coords for c in cells] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert len(server.submitted) == 6
+
+
 async def test_once_all_are_submitted_the_jobs_in_flight_are_expedited() -> None:
     server = Server(instant=False)
     sweep = start_sweep(server.submit, {"seed": [1, 2, 3, 4]}, workflow=WORKFLOW, concurrency=2)
