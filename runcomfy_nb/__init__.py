@@ -110,15 +110,22 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 def _result_as_gallery(result: Any) -> Any:
     """IPython's printer for a JobResult: its media and text as a `Gallery`, static once it has
-    loaded (a cell's value cannot be updated later, and a saved notebook keeps no widget state).
+    loaded (a cell's value cannot be updated later, and a saved notebook keeps no widget state);
+    then no widget is kept for it (in the kernel, nor in a front end without widgets).
     Saved files (`auto_save`, `save()`, an attached job's copies) are linked for download, and
     with two or more a ZIP of them beside the first is the "download all"."""
     from .widgets import Gallery
+    from .widgets.fallback import WIDGET_VIEW
 
     paths = [m.saved for m in result.media]
     saved = [p for p in paths if p is not None]
     archive = saved[0].with_name(f"{result.job_id[:8]} outputs.zip") if len(saved) > 1 else None
-    return Gallery(result.media, text=result.text, paths=paths, archive=archive).kept_bundle()
+    gallery = Gallery(result.media, text=result.text, paths=paths, archive=archive)
+    data, meta = gallery.kept_bundle()
+    if WIDGET_VIEW not in data:  # nothing shows the widget: its model and its layout's go
+        gallery.layout.close()
+        gallery.close()
+    return data, meta
 
 
 def register_display(ipython: Any = None) -> None:

@@ -111,3 +111,19 @@ def test_a_job_result_shown_by_default_links_its_saved_copies(thread_loop: async
     with zipfile.ZipFile(tmp_path / "outputs" / "84cfb70b outputs.zip") as archive:
         assert archive.namelist() == list(names)
     assert str(tmp_path) not in html
+
+
+def test_a_job_result_shown_static_keeps_no_widget(thread_loop: asyncio.AbstractEventLoop) -> None:
+    """Its output is the static view: the Gallery that made it is closed, not kept in the kernel
+    (one per shown result) nor opened in a front end without widgets."""
+    from ipywidgets.widgets.widget import _instances
+
+    from runcomfy_nb import _result_as_gallery
+    from runcomfy_nb.events import JobResult
+    from runcomfy_nb.widgets.fallback import WIDGET_VIEW
+
+    media = media_for(Fetcher(files(), thread_loop), "still.png")
+    before = set(_instances)
+    data, _meta = _result_as_gallery(JobResult("84cfb70b-1234", media=media))
+    assert WIDGET_VIEW not in data and "still.png" in data["text/html"]
+    assert set(_instances) == before
