@@ -1,6 +1,6 @@
-"""Tutorial 05 in a real JupyterLab, in Debian's chromium, as a reader runs it: Run ▸ Run All Cells
-submits a ~25 s job on a kept emulator and reaches the cell that restarts the kernel; JupyterLab
-says the kernel "appears to have died" and drops the cells queued behind it. Once the new kernel is
+"""Tutorial 05 in a real JupyterLab and Notebook 7, in Debian's chromium, as a reader runs it: Run ▸
+Run All Cells submits a ~25 s job on a kept emulator and reaches the cell that restarts the kernel;
+the page says the kernel "appears to have died" and drops the cells queued behind it. Once the new kernel is
 there, the reader selects the first cell after the restart and runs Run ▸ Run Selected Cell and All
 Below. The DOM then shows: `%runcomfy jobs` lists the job, the re-attached job's widget renders and
 reaches "succeeded", its images decode, the console stays clean; the kept emulator is stopped by the
@@ -24,11 +24,11 @@ from runcomfy_nb.emulator import process
 
 from ..helpers import wait_for
 from ..integration.test_notebooks import EMU_TOKEN, REAL_TOKEN
-from .jupyter import BUILD, ROOT, Notebook, Server, browser, lab, stop_kept_emulator
+from .jupyter import BUILD, ROOT, Notebook, Server, browser, lab, notebook7, stop_kept_emulator
 from .test_jupyter_tutorials import LIVE_JS, decode_images
 
-__all__ = ["browser", "lab"]  # the fixtures, used by name
-pytestmark = pytest.mark.timeout(300)  # the first test also starts JupyterLab and runs the tutorial
+__all__ = ["browser", "lab", "notebook7"]  # the fixtures, used by name
+pytestmark = pytest.mark.timeout(300)  # the first test of an app also starts it and runs the tutorial
 
 NAME = "05_jobs_that_outlive_the_kernel.ipynb"
 PID = re.compile(r"EMULATOR ON \(kept\).*?\(pid (\d+)\)", re.DOTALL)
@@ -100,7 +100,8 @@ def through_the_restart(notebook: Notebook, run: Run) -> None:
           return /^\\[\\d+\\]:$/.test(p[i]) && !p.includes('[*]:');
         }}""", arg=RESTART, timeout=60_000, polling=250)
     run.prompts = page.evaluate(PROMPTS_JS)
-    page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=60_000)
+    if notebook.server.app == "lab":  # its status bar knows the new kernel too
+        page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=60_000)
     notebook.wait_kernel_idle()
 
 
@@ -166,24 +167,25 @@ def run_tutorial(browser: Any, server: Server) -> Run:
         notebook.discard()
         stop_kept_emulator(server.env)  # the run broke off before the last cell: no emulator left
     record = {k: v for k, v in vars(run).items() if k != "saved"}
-    (BUILD / "lab-05.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
-    print(f"lab {NAME}: Run All, restart, Run Selected Cell and All Below took {run.seconds:.1f} s")
+    (BUILD / f"{server.app}-05.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    print(f"{server.app} {NAME}: Run All, restart, Run Selected Cell and All Below took {run.seconds:.1f} s")
     return run
 
 
-_RUN: list[Run | BaseException] = []  # one run for all the tests, a failed one too
+_RUNS: dict[str, Run | BaseException] = {}  # one run per app for all the tests, a failed one too
 
 
-@pytest.fixture
-def run(browser: Any, lab: Server) -> Run:
-    if not _RUN:
+@pytest.fixture(params=["lab", "notebook7"])
+def run(request: pytest.FixtureRequest, browser: Any) -> Run:
+    if request.param not in _RUNS:
         try:
-            _RUN.append(run_tutorial(browser, lab))
+            _RUNS[request.param] = run_tutorial(browser, request.getfixturevalue(request.param))
         except Exception as error:
-            _RUN.append(error)
-    if isinstance(_RUN[0], BaseException):
-        raise _RUN[0]
-    return _RUN[0]
+            _RUNS[request.param] = error
+    found = _RUNS[request.param]
+    if isinstance(found, BaseException):
+        raise found
+    return found
 
 
 def test_run_all_stops_at_the_restart_and_the_kernel_comes_back(run: Run) -> None:
