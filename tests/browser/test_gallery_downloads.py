@@ -92,3 +92,39 @@ def test_per_file_download_and_download_all_live_and_kept(browser: Any, app: str
         assert not notebook.errors, "\n".join(notebook.errors[:10])
     finally:
         notebook.discard()
+
+
+def untrust(path: Path) -> None:
+    """As a notebook someone else ran arrives: its outputs are not signed by this user."""
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["received_from"] = "a colleague"  # another digest: the signature no longer matches
+    nbformat.write(nb, path)
+
+
+def test_an_untrusted_notebook_shows_the_gallery_and_links_the_files(browser: Any, lab: Any) -> None:
+    """A notebook another person ran (its outputs not signed here): JupyterLab sanitizes the static
+    view, which still shows every thumbnail and links each saved file and the ZIP through Jupyter's
+    files URL; the sanitizer drops `download`, so a click opens the file in JupyterLab instead
+    (the README says so: trust the notebook, or save the link)."""
+    write_notebook(lab.root)
+    notebook = Notebook.open(browser, lab, NAME)
+    try:
+        notebook.run_all(timeout=180)
+        notebook.save_and_shutdown()
+        notebook.close()
+        untrust(lab.root / NAME)
+        notebook = Notebook.open(browser, lab, NAME)
+        cell = notebook.code_cell(0)
+        image = cell.locator('a[title="open full size"] img')
+        image.wait_for(timeout=30_000)
+        assert notebook.page.evaluate("(img) => img.naturalWidth", image.element_handle()) > 0
+        links = {name: link.first.get_attribute("href") or "" for name, link in (
+            ("big.png", cell.locator('a[title="open full size"]')),
+            ("all.zip", cell.locator("a", has_text="download all")))}
+        for name, href in links.items():
+            assert f"/files/gallery_out/{name}" in href, links
+        assert cell.locator("a[download]").count() == 0  # sanitized, as JupyterLab does
+        assert "model not found" not in cell.inner_text()
+        assert not notebook.errors, "\n".join(notebook.errors[:10])
+    finally:
+        notebook.discard()
