@@ -5,11 +5,45 @@ from __future__ import annotations
 import os
 import queue
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 from runcomfy_nb.emulator import Emulator
+
+
+def cell_messages(client: Any, msg_id: str, timeout: float = 60) -> Iterator[dict[str, Any]]:
+    """The iopub messages of one cell as they come, until the kernel is idle again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = client.get_iopub_msg(timeout=0.5)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        yield msg
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return
+    raise TimeoutError(f"the cell did not end within {timeout} s")
+
+
+def cell_text(client: Any, msg_id: str, marker: str = "", timeout: float = 60) -> str:
+    """What the cell printed, its tracebacks and values' text, until `marker` appears (or it ends)."""
+    seen = ""
+    try:
+        for msg in cell_messages(client, msg_id, timeout):
+            content = msg["content"]
+            seen += content.get("text", "") + "".join(content.get("traceback", []))
+            seen += str(content.get("data", {}).get("text/plain", ""))
+            if marker and marker in seen:
+                break
+    except TimeoutError:
+        raise AssertionError(f"no {marker or 'end'!r} within {timeout} s; output so far: "
+                             f"{seen[-2000:]!r}") from None
+    return seen
 
 
 class Kernel:
@@ -30,22 +64,9 @@ class Kernel:
 
     def output(self, msg_id: str, marker: str = "", timeout: float = 60) -> str:
         """The cell's output until `marker` appears, or until it ends; kept for the secret checks."""
-        seen, deadline = "", time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                msg = self.client.get_iopub_msg(timeout=0.5)
-            except queue.Empty:
-                continue
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            content = msg["content"]
-            seen += content.get("text", "") + "".join(content.get("traceback", []))
-            seen += str(content.get("data", {}).get("text/plain", ""))
-            if (marker and marker in seen) or (msg["msg_type"] == "status"
-                                               and content["execution_state"] == "idle"):
-                self.shown.append(seen)
-                return seen
-        raise AssertionError(f"no {marker or 'end'!r} within {timeout} s; output so far: {seen!r}")
+        seen = cell_text(self.client, msg_id, marker, timeout)
+        self.shown.append(seen)
+        return seen
 
     def restart(self) -> None:
         self.manager.restart_kernel(now=True)

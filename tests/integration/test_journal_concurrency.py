@@ -10,11 +10,9 @@ writes (the file's creation, WAL and schema included) race as well."""
 from __future__ import annotations
 
 import os
-import queue
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from runcomfy_nb.emulator import Emulator
 from runcomfy_nb.journal import Journal
 
 from ..helpers import TOKEN, wait_for
+from .kernels import cell_text
 
 DEP = "dep-journal-race"
 FAKE, REAL = 240, 60  # jobs per process: stand-in, real submits (300 rows)
@@ -130,24 +129,6 @@ def kernels(emu: Emulator) -> Iterator[list[Any]]:
             manager.shutdown_kernel(now=True)
 
 
-def cell_output(client: Any, msg_id: str, timeout: float) -> str:
-    """Everything the cell printed (and its traceback), once it is idle."""
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = client.get_iopub_msg(timeout=0.5)
-        except queue.Empty:
-            continue
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        content = msg["content"]
-        seen += content.get("text", "") + "".join(content.get("traceback", []))
-        if msg["msg_type"] == "status" and content["execution_state"] == "idle":
-            return seen
-    raise AssertionError(f"the cell did not end within {timeout} s; output so far: {seen[-2000:]!r}")
-
-
 def ended(output: str, who: str) -> list[str]:
     """The real job ids a writer reported, after checking it met no error and no journal warning."""
     lines = output.splitlines()
@@ -173,7 +154,7 @@ def test_two_kernels_and_a_script_writing_at_once_lose_no_row(
         wait_for(lambda: all(Path(f"{barrier}.{who}").exists() for who in writers), 60, "every writer ready")
         assert not journal.exists()  # nobody wrote before the barrier: the file's creation races too
         barrier.touch()
-        outputs = {who: cell_output(client, msg_id, 60) for who, (client, msg_id) in cells.items()}
+        outputs = {who: cell_text(client, msg_id, timeout=60) for who, (client, msg_id) in cells.items()}
         outputs["script"] = script.communicate(timeout=60)[0]
     finally:
         if script.poll() is None:

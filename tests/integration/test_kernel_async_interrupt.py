@@ -5,8 +5,6 @@ server — before the cell ends."""
 from __future__ import annotations
 
 import os
-import queue
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +14,7 @@ from jupyter_client.manager import KernelManager
 from runcomfy_nb.emulator import Emulator
 
 from ..helpers import TOKEN
+from .kernels import cell_text
 
 DEP = "dep-flux-kontext"
 
@@ -35,24 +34,6 @@ def kernel(fresh: Emulator) -> Iterator[Any]:
         manager.shutdown_kernel(now=True)
 
 
-def _stream_until(client: Any, msg_id: str, marker: str, timeout: float) -> str:
-    """Read the cell's output until `marker` appears (or the cell ends); returns the text seen."""
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = client.get_iopub_msg(timeout=0.5)
-        except queue.Empty:
-            continue
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        content = msg["content"]
-        seen += content.get("text", "") + "".join(content.get("traceback", []))
-        if marker in seen or (msg["msg_type"] == "status" and content["execution_state"] == "idle"):
-            return seen
-    raise AssertionError(f"no {marker!r} within {timeout} s; output so far: {seen!r}")
-
-
 def test_interrupting_an_async_cell_cancels_the_remote_job(kernel: Any, fresh: Emulator) -> None:
     manager, client = kernel
     fresh.set_fault(DEP, "slow_queue", seconds=100_000)
@@ -64,7 +45,7 @@ def test_interrupting_an_async_cell_cancels_the_remote_job(kernel: Any, fresh: E
         "    await job.result()\n"
     )
     msg_id = client.execute(cell)
-    seen = _stream_until(client, msg_id, "SUBMITTED", 60)
+    seen = cell_text(client, msg_id, "SUBMITTED", 60)
     request_id = seen.split("SUBMITTED", 1)[1].split()[0]
     manager.interrupt_kernel()
     reply = client.get_shell_msg(timeout=30)

@@ -6,17 +6,16 @@ gallery, and no widget is left open."""
 from __future__ import annotations
 
 import os
-import queue
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from jupyter_client.manager import KernelManager
 
 from runcomfy_nb.emulator import Emulator
+
+from .kernels import cell_messages
 
 TOKEN = "t0k-kernel-text"
 COLAB = "import sys, types; sys.modules['google.colab'] = types.ModuleType('google.colab')"
@@ -26,22 +25,6 @@ COLAB = "import sys, types; sys.modules['google.colab'] = types.ModuleType('goog
 def emu() -> Iterator[Emulator]:
     with Emulator(speed=4.0, token=TOKEN) as emulator:
         yield emulator
-
-
-def _messages(client: Any, msg_id: str, timeout: float = 120) -> list[dict[str, Any]]:
-    """Every iopub message of one cell, until the kernel is idle again."""
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            msg = client.get_iopub_msg(timeout=0.5)
-        except queue.Empty:
-            continue
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        seen.append(msg)
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return seen
-    raise AssertionError(f"the cell did not end within {timeout} s: {seen!r}")
 
 
 @pytest.mark.parametrize("front_end", ["colab", "older-vscode"])
@@ -59,9 +42,10 @@ def test_a_front_end_without_widgets_gets_a_live_text_line(emu: Emulator, tmp_pa
     try:
         client.wait_for_ready(timeout=60)
         setup = COLAB + "\n" if front_end == "colab" else ""
-        _messages(client, client.execute(setup + "%load_ext runcomfy_nb"))
-        cell = _messages(client, client.execute("%%runcomfy run dep-flux-kontext --out r\n31.seed = 5"))
-        done = _messages(client, client.execute("print('MEDIA', len(r.media))"))
+        list(cell_messages(client, client.execute(setup + "%load_ext runcomfy_nb")))
+        run = client.execute("%%runcomfy run dep-flux-kontext --out r\n31.seed = 5")
+        cell = list(cell_messages(client, run, timeout=120))
+        done = list(cell_messages(client, client.execute("print('MEDIA', len(r.media))")))
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
