@@ -62,7 +62,8 @@ class RunComfyMagics(Magics):
             raise UsageError(f"Unknown subcommand {name!r}. {help_text(short=True)}")
         if command.cell and cell is None:
             raise UsageError(f"%%runcomfy {name} is a cell magic: put it on the first line of a "
-                             "cell and the body below it.")
+                             "cell and the body below it. IPython refuses an empty body: to run "
+                             f"{command.unchanged} unchanged, make the body a comment (# as saved).")
         try:
             return command.handler()(self, rest, cell)
         except RunComfyError as exc:

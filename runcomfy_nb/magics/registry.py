@@ -21,6 +21,7 @@ class Subcommand:
     usage: str
     summary: str
     cell: bool = False
+    unchanged: str = ""  # a cell magic: what a body of only a comment runs as it is
 
     def handler(self) -> Handler:
         """The subcommand's function, its module imported on first use."""
@@ -32,7 +33,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in [
     Subcommand("cloud", "cloud", "cloud [--workflow FILE] [--upload PATH] [--partner-key auto|yes|no] "
                "[--sweep KEY=VALUES] [--out NAME]", "Run the cell (API or UI workflow, or override lines on "
                "--workflow) on Comfy Cloud, checked first; live nodes and previews; --sweep: a grid.",
-               cell=True),
+               cell=True, unchanged="the --workflow FILE"),
     Subcommand("config", "core", "config [KEY=VALUE ...]",
                "Show the settings (secrets masked), or set some for this kernel: output_dir, timeout, ..."),
     Subcommand("login", "core", "login [--user-id ID] [--cloud] [--forget]",
@@ -64,10 +65,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {c.name: c for c in [
     Subcommand("prompt", "prompt",
                "prompt [--machine ID | --url URL] [--workflow FILE] [--upload PATH] [--sweep KEY=VALUES] "
                "[--out NAME]", "Queue the cell (API or UI workflow, or override lines on --workflow) on "
-               "ComfyUI, checked first; live nodes and previews; --sweep: a grid.", cell=True),
+               "ComfyUI, checked first; live nodes and previews; --sweep: a grid.", cell=True,
+               unchanged="the --workflow FILE"),
     Subcommand("run", "run", "run DEPLOYMENT_ID [--sweep KEY=VALUES] [--out NAME] [--timeout S] [--no-wait]",
                "Submit the cell (JSON body or `Node.input = value` lines, by id or title), checked first, "
-               "to a serverless deployment; show progress and outputs; --sweep: a grid.", cell=True),
+               "to a serverless deployment; show progress and outputs; --sweep: a grid.", cell=True,
+               unchanged="the deployment's saved workflow"),
 ]}
 
 

@@ -146,3 +146,17 @@ def test_help_shows_the_sweep_options(ip: InteractiveShell, capsys: pytest.Captu
     for args in (run_magic._run_args, prompt._prompt_args, cloud._cloud_args):
         usage = args.parser.format_help()  # type: ignore[attr-defined]  # what `%%runcomfy run?` shows
         assert "--sweep KEY=VALUES" in usage and "--zip" in usage and "--concurrency N" in usage
+
+
+def test_an_empty_body_is_explained_and_a_comment_runs_the_saved_workflow(
+        ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    """IPython refuses `%%runcomfy run DEP` with nothing below and points at the line magic; the
+    line magic's message then says how to run the deployment as it is, and that works."""
+    result, text = run(ip, "%%runcomfy run dep-flux-kontext\n", capsys)
+    assert not result.success and "single %" in text  # IPython's own message
+    result, text = run(ip, "%runcomfy run dep-flux-kontext", capsys)
+    assert not result.success and "Traceback" not in text
+    assert "(# as saved)" in text and "the deployment's saved workflow" in text
+    result, text = run(ip, "%%runcomfy run dep-flux-kontext --out as_saved\n# as saved\n", capsys)
+    assert result.success, text
+    assert len(ip.user_ns["as_saved"].images) == 2
