@@ -114,6 +114,8 @@ def test_prompt_on_a_machine(ip: InteractiveShell, capsys: pytest.CaptureFixture
     assert ok, text
     result = ip.user_ns["pr"]
     assert result.images and SESSION.emulator.comfy_url(machine.id) not in text
+    ok, text = cell(ip, f"%%runcomfy prompt --workflow {workflow} --out unchanged\n# as saved\n", capsys)
+    assert ok and ip.user_ns["unchanged"].images, text  # a comment body: the file as it is
     ok, text = cell(ip, "%%runcomfy prompt\n31.seed = 5\n", capsys)
     assert not ok and "--workflow" in text and "Traceback" not in text
     ok, text = cell(ip, f"%runcomfy connect {machine.id[:8]}", capsys)
