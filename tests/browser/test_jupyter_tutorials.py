@@ -136,7 +136,9 @@ def screenshots(notebook: Notebook, run: Run) -> None:
     ones are also copied to docs/ (the README's tour)."""
     page = notebook.page
     notebook.screenshot(f"{run.name[:2]}-full", full=True)
-    picks = {"01": [("gallery", ".rcnb-gallery, .runcomfy-gallery")], "02": [("machines", ".rcnb-machines")]}
+    picks = {"01": [("quickstart", '.jp-CodeCell:has(.jp-InputArea:has-text("--out city"))'),
+                    ("gallery", ".rcnb-gallery, .runcomfy-gallery")],
+             "02": [("machines", ".rcnb-machines")]}
     for label, selector in picks.get(run.name[:2], []) if notebook.server.app == "lab" else []:
         target = page.locator(selector).first
         if not target.count():  # the widget is missing: the other tests say so
